@@ -1,0 +1,262 @@
+// Package redistest gives every test a real Redis server.
+//
+// [Addr] finds one in this order: the address in BULWARK_REDIS_ADDR; a server
+// answering PING at 127.0.0.1:6379; a private redis-server from PATH started
+// once per test binary on a free port (no persistence) and stopped when the
+// binary ends. When none can be had the test is skipped with a message saying
+// how to run it, unless the CI environment variable is set, in which case it
+// fails. [StartServer] starts a private server that a test may kill and
+// restart on the same port, for fault tests. [Prefix] gives each test its own
+// key prefix, so tests share a server without FLUSHALL.
+//
+// A package using it calls [Main] from TestMain, which also checks for
+// leaked goroutines.
+package redistest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+// EnvAddr is the environment variable naming the Redis to test against.
+const EnvAddr = "BULWARK_REDIS_ADDR"
+
+const defaultAddr = "127.0.0.1:6379"
+
+var (
+	sharedOnce sync.Once
+	sharedAddr string
+	sharedErr  error
+
+	// running holds every private server started by this binary, so Main
+	// can stop them by pid even when a test forgot to.
+	runningMu sync.Mutex
+	running   = map[*Server]struct{}{}
+)
+
+// Main runs the package's tests, fails the binary if goroutines leak, and
+// stops any private redis-server it started. Call it from TestMain:
+//
+//	func TestMain(m *testing.M) { redistest.Main(m) }
+func Main(m *testing.M, opts ...goleak.Option) {
+	opts = append(opts, goleak.Cleanup(func(code int) {
+		stopAll()
+		os.Exit(code)
+	}))
+	goleak.VerifyTestMain(m, opts...)
+}
+
+func stopAll() {
+	runningMu.Lock()
+	defer runningMu.Unlock()
+	for s := range running {
+		s.kill()
+		_ = os.RemoveAll(s.dir)
+		delete(running, s)
+	}
+}
+
+// Addr returns the address of a Redis for tests, or skips t (fails it when
+// CI is set) when there is none.
+func Addr(t testing.TB) string {
+	t.Helper()
+	sharedOnce.Do(func() { sharedAddr, sharedErr = findShared() })
+	if sharedErr != nil {
+		unavailable(t, sharedErr)
+	}
+	return sharedAddr
+}
+
+func findShared() (string, error) {
+	if addr := os.Getenv(EnvAddr); addr != "" {
+		if err := ping(addr, 2*time.Second); err != nil {
+			return "", fmt.Errorf("%s=%s does not answer PING: %w", EnvAddr, addr, err)
+		}
+		return addr, nil
+	}
+	if ping(defaultAddr, 500*time.Millisecond) == nil {
+		return defaultAddr, nil
+	}
+	s, err := start()
+	if err != nil {
+		return "", fmt.Errorf("no Redis at %s and none could be started: %w", defaultAddr, err)
+	}
+	return s.Addr, nil
+}
+
+func unavailable(t testing.TB, err error) {
+	t.Helper()
+	msg := "redistest: " + err.Error() + "; set " + EnvAddr + "=host:port or put redis-server on PATH"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// Client returns a client of the Redis at [Addr], closed when t ends.
+func Client(t testing.TB) *redis.Client {
+	t.Helper()
+	return NewClient(t, Addr(t))
+}
+
+// NewClient returns a client of the Redis at addr, closed when t ends.
+func NewClient(t testing.TB, addr string) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+var prefixSeq atomic.Uint64
+
+// Prefix returns a key prefix unique to this test and this run, such as
+// "bt:4242:7:TestAllow:". It holds no hash-tag braces.
+func Prefix(t testing.TB) string {
+	name := strings.NewReplacer("{", "(", "}", ")", " ", "_").Replace(t.Name())
+	return "bt:" + strconv.Itoa(os.Getpid()) + ":" + strconv.FormatUint(prefixSeq.Add(1), 10) + ":" + name + ":"
+}
+
+// Server is a private redis-server owned by one test. It keeps its port
+// across Kill and Start, so clients reconnect to it.
+type Server struct {
+	Addr string
+
+	dir  string
+	port int
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+}
+
+// StartServer starts a private redis-server for t and stops it when t ends.
+// It skips t (fails it when CI is set) when redis-server is not on PATH.
+func StartServer(t testing.TB) *Server {
+	t.Helper()
+	s, err := start()
+	if err != nil {
+		unavailable(t, err)
+	}
+	t.Cleanup(func() {
+		runningMu.Lock()
+		delete(running, s)
+		runningMu.Unlock()
+		s.kill()
+		_ = os.RemoveAll(s.dir)
+	})
+	return s
+}
+
+func start() (*Server, error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "bulwark-redis-")
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, port: port}
+	if err := s.run(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	runningMu.Lock()
+	running[s] = struct{}{}
+	runningMu.Unlock()
+	return s, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Server) run() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return errors.New("redistest: server already running")
+	}
+	cmd := exec.Command("redis-server",
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir,
+		"--logfile", filepath.Join(s.dir, "redis.log"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := ping(s.Addr, 200*time.Millisecond)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			s.killLocked()
+			return fmt.Errorf("redis-server on port %d did not start: %w\n%s", s.port, err, log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill stops the server with SIGKILL, as a crash would, and waits for it
+// to exit. Its data is gone.
+func (s *Server) Kill() { s.kill() }
+
+// Start starts a killed server again on the same port.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	if err := s.run(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *Server) kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.killLocked()
+}
+
+func (s *Server) killLocked() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+func ping(addr string, timeout time.Duration) error {
+	c := redis.NewClient(&redis.Options{
+		Addr: addr, DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
+		MaxRetries: -1, PoolSize: 1,
+	})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return c.Ping(ctx).Err()
+}

@@ -1,0 +1,6 @@
+package limiter
+
+// adaptiveConfig is filled by AdaptiveOptions.
+type adaptiveConfig struct {
+	commonConfig
+}

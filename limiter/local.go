@@ -1,0 +1,6 @@
+package limiter
+
+// localConfig is filled by LocalOptions.
+type localConfig struct {
+	commonConfig
+}

@@ -1,0 +1,6 @@
+package limiter
+
+// redisConfig is filled by RedisOptions.
+type redisConfig struct {
+	commonConfig
+}
