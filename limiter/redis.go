@@ -28,8 +28,12 @@ import (
 // so the fixed cost of a script call is paid once for many decisions. A key
 // may appear more than once; its requests are decided in order.
 //
+// The reply is, for each key, how far its bucket was from full before the
+// request (TAT - now, µs): with the interval, burst and n, that one number
+// determines the whole decision (see redisDecision), so the script builds
+// and Redis converts a quarter of what four numbers a decision would take.
+//
 // KEYS: the buckets. ARGV: interval µs, burst, then n for each key.
-// Reply: for each key, allowed (0|1), remaining, retry-after µs, reset-after µs.
 var gcra = redis.NewScript(`
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
@@ -42,26 +46,14 @@ for i, key in ipairs(KEYS) do
   if tat < now then
     tat = now
   end
+  out[i] = tat - now
   local n = tonumber(ARGV[i + 2])
   local newtat = tat + n * interval
-  local ahead = newtat - now
-  local j = 4 * (i - 1)
-  if ahead > tolerance then
-    out[j + 1] = 0
-    out[j + 2] = math.floor((tolerance - (tat - now)) / interval)
-    out[j + 3] = ahead - tolerance
-    out[j + 4] = tat - now
-    tats[key] = tat
-  else
-    out[j + 1] = 1
-    out[j + 2] = math.floor((tolerance - ahead) / interval)
-    out[j + 3] = 0
-    out[j + 4] = ahead
-    tats[key] = newtat
-    if n > 0 then
-      dirty[key] = true
-    end
+  if n > 0 and newtat - now <= tolerance then
+    tat = newtat
+    dirty[key] = true
   end
+  tats[key] = tat
 end
 for key in pairs(dirty) do
   local tat = tats[key]
@@ -69,6 +61,26 @@ for key in pairs(dirty) do
 end
 return out
 `)
+
+// redisDecision is the decision the script made for n tokens of a bucket
+// that was behind µs from full: the same comparison, in the same integers.
+func (r *Redis) redisDecision(behind int64, n int) Decision {
+	ahead := behind + int64(n)*r.intervalUS
+	if ahead > r.toleranceUS {
+		return Decision{
+			Limit:      r.limit,
+			Remaining:  int((r.toleranceUS - behind) / r.intervalUS),
+			RetryAfter: time.Duration(ahead-r.toleranceUS) * time.Microsecond,
+			ResetAfter: time.Duration(behind) * time.Microsecond,
+		}
+	}
+	return Decision{
+		Allowed:    true,
+		Limit:      r.limit,
+		Remaining:  int((r.toleranceUS - ahead) / r.intervalUS),
+		ResetAfter: time.Duration(ahead) * time.Microsecond,
+	}
+}
 
 // ErrUnavailable is returned by [Redis.Reset] while Redis is unreachable.
 var ErrUnavailable = errors.New("limiter: redis unavailable")
@@ -184,11 +196,13 @@ type Redis struct {
 	prefix   string
 	interval string // µs per token, formatted once
 	burst    string
-	policy   OutagePolicy
-	fallback *Local
-	retry    time.Duration
-	cb       *gobreaker.CircuitBreaker[[]any]
-	batch    *batcher // nil: one script call per decision
+	// µs per token and per burst, for reading the script's reply
+	intervalUS, toleranceUS int64
+	policy                  OutagePolicy
+	fallback                *Local
+	retry                   time.Duration
+	cb                      *gobreaker.CircuitBreaker[[]any]
+	batch                   *batcher // nil: one script call per decision
 
 	decisions decisionCounter
 	duration  metric.Float64Histogram
@@ -225,8 +239,11 @@ func NewRedis(client redis.UniversalClient, limit Limit, opts ...RedisOption) (*
 		prefix:   c.prefix,
 		interval: strconv.FormatInt(intervalUS, 10),
 		burst:    strconv.Itoa(limit.Burst),
-		policy:   c.policy,
-		retry:    c.retryInterval,
+
+		intervalUS:  intervalUS,
+		toleranceUS: intervalUS * int64(limit.Burst),
+		policy:      c.policy,
+		retry:       c.retryInterval,
 	}
 	if _, single := client.(*redis.Client); single && c.maxBatch > 1 {
 		r.batch = &batcher{r: r, max: c.maxBatch}
@@ -312,19 +329,13 @@ func (r *Redis) AllowN(ctx context.Context, key string, n int) (Decision, error)
 	} else {
 		r.evalBatch(ctx, []*call{c})
 	}
-	res, err := c.res, c.err
+	behind, err := c.behind, c.err
 	c.key = ""
 	callPool.Put(c)
 
 	switch {
 	case err == nil:
-		d := Decision{
-			Allowed:    res[0] == 1,
-			Limit:      r.limit,
-			Remaining:  int(res[1]),
-			RetryAfter: time.Duration(res[2]) * time.Microsecond,
-			ResetAfter: time.Duration(res[3]) * time.Microsecond,
-		}
+		d := r.redisDecision(behind, n)
 		r.decisions.record(ctx, d, nil, false)
 		return d, nil
 	case errors.Is(err, errCallerDone) || (ctx.Err() != nil && errors.Is(err, ctx.Err())):
@@ -350,7 +361,7 @@ func (r *Redis) evalBatch(ctx context.Context, batch []*call) {
 	reply, err := r.cb.Execute(func() ([]any, error) {
 		start := time.Now()
 		reply, err := gcra.Run(ctx, r.client, keys, args...).Slice()
-		if err == nil && len(reply) != 4*len(batch) {
+		if err == nil && len(reply) != len(batch) {
 			err = fmt.Errorf("limiter: script replied %d values for %d keys", len(reply), len(batch))
 		}
 		if err != nil {
@@ -368,14 +379,11 @@ func (r *Redis) evalBatch(ctx context.Context, batch []*call) {
 		if err != nil {
 			continue
 		}
-		for j := range c.res {
-			v, ok := reply[4*i+j].(int64)
-			if !ok {
-				c.err = fmt.Errorf("limiter: unexpected script reply %v", reply[4*i:4*i+4])
-				break
-			}
-			c.res[j] = v
+		v, ok := reply[i].(int64)
+		if !ok {
+			c.err = fmt.Errorf("limiter: unexpected script reply %v", reply[i])
 		}
+		c.behind = v
 	}
 }
 

@@ -12,13 +12,13 @@ const maxInflight = 4
 
 // call is one decision on its way through the batcher.
 type call struct {
-	key string // full Redis key
-	n   int
-	res [4]int64
-	err error
+	key    string // full Redis key
+	n      int
+	behind int64 // the script's reply: µs the bucket was from full
+	err    error
 
 	// done receives true when the call must carry batch to Redis for the
-	// others, false when res/err are ready.
+	// others, false when behind/err are ready.
 	done  chan bool
 	batch []*call
 }

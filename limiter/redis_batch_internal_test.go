@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/bulwarkgo/bulwark/internal/redistest"
 )
@@ -25,18 +26,25 @@ func TestBatchDecidesRepeatedKeysInOrder(t *testing.T) {
 	other := r.prefix + "{other}"
 	batch := []*call{{key: key, n: 1}, {key: other, n: 2}, {key: key, n: 1}, {key: key, n: 1}, {key: key, n: 0}}
 	r.evalBatch(context.Background(), batch)
-	want := [][2]int64{{1, 1}, {1, 0}, {1, 0}, {0, 0}, {1, 0}}
+	type result struct {
+		allowed   bool
+		remaining int
+	}
+	want := []result{{true, 1}, {true, 0}, {true, 0}, {false, 0}, {true, 0}}
+	var got []Decision
 	for i, c := range batch {
 		if c.err != nil {
 			t.Fatal(c.err)
 		}
-		if c.res[0] != want[i][0] || c.res[1] != want[i][1] {
-			t.Errorf("call %d: allowed=%d remaining=%d, want %v", i, c.res[0], c.res[1], want[i])
+		d := r.redisDecision(c.behind, c.n)
+		got = append(got, d)
+		if (result{d.Allowed, d.Remaining}) != want[i] {
+			t.Errorf("call %d: %+v, want %+v", i, d, want[i])
 		}
 	}
 	// The refused call waits for one token: about a second.
-	if ra := batch[3].res[2]; ra <= 900_000 || ra > 1_000_000 {
-		t.Errorf("retry after %dµs, want about 1s", ra)
+	if ra := got[3].RetryAfter; ra <= 900*time.Millisecond || ra > time.Second {
+		t.Errorf("RetryAfter %v, want about 1s", ra)
 	}
 }
 
@@ -89,8 +97,8 @@ func TestBatchHandsOverToFirstInLine(t *testing.T) {
 	b.lead(context.Background(), []*call{running}, running)
 	<-done
 	for i, w := range waiters[1:] {
-		if lead := <-w.done; lead || w.err != nil || w.res[0] != 1 {
-			t.Errorf("waiter %d: lead=%v err=%v res=%v", i+1, lead, w.err, w.res)
+		if lead := <-w.done; lead || w.err != nil || !r.redisDecision(w.behind, w.n).Allowed {
+			t.Errorf("waiter %d: lead=%v err=%v behind=%dµs", i+1, lead, w.err, w.behind)
 		}
 	}
 	if b.inflight != maxInflight-1 || len(b.pending) != 0 {
