@@ -54,6 +54,7 @@ type Local struct {
 	tolerance int64
 
 	idle    int64 // nanoseconds
+	touch   int64 // uses closer than this to the recorded one are not recorded
 	metrics decisionCounter
 }
 
@@ -90,7 +91,8 @@ func WithMaxKeys(n int) LocalOption {
 }
 
 // WithIdleTimeout sets how long a key must go unused before a [Local] may
-// forget it; d must be positive. The default is Burst×Interval, the time an
+// forget it; d must be positive. Uses are recorded to within a millisecond
+// (or d/64 if less), so a key may be forgotten that much early. The default is Burst×Interval, the time an
 // empty bucket takes to fill: a key idle that long has a full bucket, so
 // forgetting it changes nothing. A shorter timeout saves memory but lets a
 // partly drained key start over with a full bucket.
@@ -159,6 +161,7 @@ func NewLocal(limit Limit, opts ...LocalOption) (*Local, error) {
 		interval:  interval,
 		tolerance: interval * int64(limit.Burst),
 		idle:      int64(c.idleTimeout),
+		touch:     max(1, min(int64(time.Millisecond), int64(c.idleTimeout)/64)),
 		metrics:   newDecisionCounter(c.meter(), c.baseAttrs("local")),
 	}
 	for i := range l.shards {
@@ -311,7 +314,10 @@ func (l *Local) decide(at int64, key string, n int) (Decision, error) {
 		}
 		e = l.insert(s, key, at)
 	}
-	if n > 0 {
+	// Writing the time of every use would make parallel callers of one key
+	// fight over the entry's cache line (and fail each other's CAS below);
+	// a use within touch of the recorded one is not recorded.
+	if n > 0 && at-e.lastUse.Load() >= l.touch {
 		e.lastUse.Store(at)
 	}
 	cost := int64(n) * l.interval
