@@ -33,12 +33,14 @@ import (
 // determines the whole decision (see redisDecision), so the script builds
 // and Redis converts a quarter of what four numbers a decision would take.
 //
-// KEYS: the buckets. ARGV: interval µs, burst, then n for each key.
+// KEYS: the buckets. ARGV: interval µs, burst, then n for each key, or one
+// n for all.
 var gcra = redis.NewScript(`
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local interval = tonumber(ARGV[1])
 local tolerance = interval * tonumber(ARGV[2])
+local shared = #ARGV == 3 and tonumber(ARGV[3])
 local stored = redis.call('MGET', unpack(KEYS))
 local tats, dirty, out = {}, {}, {}
 for i, key in ipairs(KEYS) do
@@ -47,7 +49,7 @@ for i, key in ipairs(KEYS) do
     tat = now
   end
   out[i] = tat - now
-  local n = tonumber(ARGV[i + 2])
+  local n = shared or tonumber(ARGV[i + 2])
   local newtat = tat + n * interval
   if n > 0 and newtat - now <= tolerance then
     tat = newtat
@@ -352,11 +354,21 @@ func (r *Redis) AllowN(ctx context.Context, key string, n int) (Decision, error)
 // each call's result or error.
 func (r *Redis) evalBatch(ctx context.Context, batch []*call) {
 	keys := make([]string, len(batch))
-	args := make([]any, 2+len(batch))
-	args[0], args[1] = r.interval, r.burst
+	same := true
 	for i, c := range batch {
 		keys[i] = c.key
-		args[2+i] = nArg(c.n)
+		same = same && c.n == batch[0].n
+	}
+	// Almost every batch asks the same n of every key: send it once.
+	var args []any
+	if same {
+		args = []any{r.interval, r.burst, nArg(batch[0].n)}
+	} else {
+		args = make([]any, 2+len(batch))
+		args[0], args[1] = r.interval, r.burst
+		for i, c := range batch {
+			args[2+i] = nArg(c.n)
+		}
 	}
 	reply, err := r.cb.Execute(func() ([]any, error) {
 		start := time.Now()
