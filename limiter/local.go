@@ -23,7 +23,8 @@ import (
 // RetryAfter and ResetAfter exactly; it is the same arithmetic as [Redis]
 // uses, so a limit decides the same in one process as across a fleet.
 // Keys are spread by hash over shards, each with its own map and lock; a
-// known key is decided with a read lock only and without allocating.
+// known key is decided with the shard's read lock, or with none when it sits
+// in a small cache of entries read by one atomic load, and never allocates.
 //
 // Why not golang.org/x/time/rate: its Limiter answers either "allowed" or
 // "how many tokens", each under its mutex with float time arithmetic, so an
@@ -37,7 +38,8 @@ import (
 // takes to fill, so forgetting them changes no decision) are dropped, and if
 // the shard is still full (see [WithMaxKeys]) the least recently used entry
 // of the sample is dropped too. A forgotten key starts again with a full
-// bucket. [Local.StartJanitor] adds an optional periodic sweep.
+// bucket; a call deciding a key at the moment it is forgotten may still use
+// the old bucket. [Local.StartJanitor] adds an optional periodic sweep.
 //
 // The zero value is not usable; create a Local with [NewLocal]. A Local is
 // safe for concurrent use.
@@ -52,6 +54,11 @@ type Local struct {
 	// nanoseconds.
 	interval  int64
 	tolerance int64
+
+	// hot caches recently used entries by hash, so a hit is found with one
+	// atomic load: no shard lock, whose reader count parallel callers of
+	// one key would otherwise write on every call, and no map lookup.
+	hot [hotSlots]atomic.Pointer[localEntry]
 
 	idle    int64 // nanoseconds
 	touch   int64 // uses closer than this to the recorded one are not recorded
@@ -76,6 +83,10 @@ const (
 	// evictSample is how many entries of a shard an insert looks at. Map
 	// iteration starts at a random place, so this is a random sample.
 	evictSample = 8
+
+	// hotSlots is the size of the cache of recently used entries.
+	hotBits  = 8
+	hotSlots = 1 << hotBits
 
 	// minShardKeys keeps shards large enough that sampling finds a
 	// reasonable victim; small limiters use fewer shards.
@@ -110,6 +121,10 @@ type localShard struct {
 }
 
 type localEntry struct {
+	key string
+	// dead is set when the entry leaves its shard's map, so the hot cache
+	// stops returning it.
+	dead atomic.Bool
 	// tat is the bucket: the theoretical arrival time of the next request
 	// in nanoseconds since the Local's epoch. The bucket is full when tat
 	// is at or before now, and otherwise holds
@@ -226,7 +241,9 @@ func (l *Local) Reset(ctx context.Context, key string) error {
 	}
 	s := l.shard(key)
 	s.mu.Lock()
-	delete(s.m, key)
+	if e := s.m[key]; e != nil {
+		s.remove(key, e)
+	}
 	s.mu.Unlock()
 	return nil
 }
@@ -256,7 +273,7 @@ func (l *Local) sweepAt(at int64) {
 		s.mu.Lock()
 		for k, e := range s.m {
 			if at-e.lastUse.Load() > l.idle {
-				delete(s.m, k)
+				s.remove(k, e)
 			}
 		}
 		s.mu.Unlock()
@@ -303,16 +320,27 @@ func (l *Local) decide(at int64, key string, n int) (Decision, error) {
 	if uint(n) > uint(l.limit.Burst) {
 		return Decision{Limit: l.limit}, checkN(n, l.limit)
 	}
-	s := l.shard(key)
-	s.mu.RLock()
-	e := s.m[key]
-	s.mu.RUnlock()
-	if e == nil {
-		if n == 0 {
-			// An unknown key has a full bucket; a peek need not store it.
-			return Decision{Allowed: true, Limit: l.limit, Remaining: l.limit.Burst}, nil
+	h := maphash.String(l.seed, key)
+	slot := &l.hot[h>>(64-hotBits)] // the high bits; shards use the low ones
+	e := slot.Load()
+	if e == nil || e.key != key || e.dead.Load() {
+		s := &l.shards[h&l.mask]
+		s.mu.RLock()
+		e = s.m[key]
+		s.mu.RUnlock()
+		if e == nil {
+			if n == 0 {
+				// An unknown key has a full bucket; a peek need not store it.
+				return Decision{Allowed: true, Limit: l.limit, Remaining: l.limit.Burst}, nil
+			}
+			e = l.insert(s, key, at)
 		}
-		e = l.insert(s, key, at)
+		// Fill only a free slot: replacing on every miss would write the
+		// slot on most calls of a many-key workload, and the cache line
+		// holding it would bounce between cores.
+		if cur := slot.Load(); cur == nil || cur.dead.Load() {
+			slot.CompareAndSwap(cur, e)
+		}
 	}
 	// Writing the time of every use would make parallel callers of one key
 	// fight over the entry's cache line (and fail each other's CAS below);
@@ -344,6 +372,12 @@ func (l *Local) decide(at int64, key string, n int) (Decision, error) {
 	}
 }
 
+// remove takes e, stored under k, out of s; s.mu must be held for writing.
+func (s *localShard) remove(k string, e *localEntry) {
+	e.dead.Store(true)
+	delete(s.m, k)
+}
+
 // insert adds key to s, first evicting from a sample of s's entries.
 func (l *Local) insert(s *localShard, key string, at int64) *localEntry {
 	s.mu.Lock()
@@ -352,30 +386,29 @@ func (l *Local) insert(s *localShard, key string, at int64) *localEntry {
 		return e
 	}
 	var (
-		victim  string
+		victim  *localEntry
 		oldest  int64
-		found   bool
 		sampled int
 	)
 	for k, e := range s.m {
 		last := e.lastUse.Load()
 		if at-last > l.idle {
-			delete(s.m, k)
-		} else if !found || last < oldest {
-			victim, oldest, found = k, last, true
+			s.remove(k, e)
+		} else if victim == nil || last < oldest {
+			victim, oldest = e, last
 		}
 		if sampled++; sampled == evictSample {
 			break
 		}
 	}
-	if len(s.m) >= s.cap && found {
-		delete(s.m, victim)
+	if len(s.m) >= s.cap && victim != nil {
+		s.remove(victim.key, victim)
 	}
 
-	e := &localEntry{}
+	// Clone so the map does not pin a larger string the key was cut from.
+	e := &localEntry{key: strings.Clone(key)}
 	e.tat.Store(math.MinInt64 / 2) // a full bucket
 	e.lastUse.Store(at)
-	// Clone so the map does not pin a larger string the key was cut from.
-	s.m[strings.Clone(key)] = e
+	s.m[e.key] = e
 	return e
 }

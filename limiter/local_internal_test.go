@@ -1,6 +1,9 @@
 package limiter
 
 import (
+	"context"
+	"hash/maphash"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -102,5 +105,41 @@ func TestLocalSweepAtFixedInstants(t *testing.T) {
 	l.sweepAt(int64(700*time.Millisecond) + 1)
 	if got := l.Len(); got != 0 {
 		t.Errorf("Len after sweeping past 700ms = %d, want 0", got)
+	}
+}
+
+// A key's entry found through the hot cache is never used once the key is
+// forgotten: the next call finds the new bucket, and the slot moves to it.
+func TestLocalHotCacheDropsForgottenEntries(t *testing.T) {
+	ctx := context.Background()
+	l, err := NewLocal(PerSecond(1, 2), WithMaxKeys(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slotOf := func(key string) *atomic.Pointer[localEntry] {
+		return &l.hot[maphash.String(l.seed, key)>>(64-hotBits)]
+	}
+	l.AllowN(ctx, "a", 2) // a's bucket is empty and cached
+	old := slotOf("a").Load()
+	if old == nil || old.key != "a" {
+		t.Fatalf("a is not in its hot slot: %v", old)
+	}
+	if err := l.Reset(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if !old.dead.Load() {
+		t.Fatal("Reset left the cached entry live")
+	}
+	if d, _ := l.Allow(ctx, "a"); !d.Allowed || d.Remaining != 1 {
+		t.Fatalf("after Reset: %+v, want a full bucket", d)
+	}
+	if cur := slotOf("a").Load(); cur == old {
+		t.Fatal("the slot still holds the forgotten entry")
+	}
+	// With room for one key, b evicts a; a comes back with a full bucket.
+	l.AllowN(ctx, "a", 2)
+	l.Allow(ctx, "b")
+	if d, _ := l.Allow(ctx, "a"); !d.Allowed || d.Remaining != 1 {
+		t.Fatalf("after eviction: %+v, want a full bucket", d)
 	}
 }
