@@ -172,7 +172,9 @@ func WithMaxBatch(n int) RedisOption {
 // by one Lua script per call, with Redis' TIME as the one clock of the
 // fleet. A key costs one Redis string that expires once its bucket is full
 // again. Keys are written as prefix + "{" + key + "}", so each bucket is its
-// own hash slot on Redis Cluster.
+// own hash slot on Redis Cluster. The interval between tokens is kept in
+// whole microseconds, rounded down: exact for rates that divide a second
+// into whole microseconds, and at most 1% fast below 10,000 per second.
 //
 // When Redis fails (after the client's own retries), the limiter stops
 // calling it for the retry interval and decides by its [OutagePolicy]; then
