@@ -5,7 +5,6 @@ import (
 	"errors"
 	"math/rand/v2"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/bulwarkgo/bulwark/internal/israce"
 	"github.com/bulwarkgo/bulwark/limiter"
 )
 
@@ -606,7 +606,7 @@ func TestLocalMetrics(t *testing.T) {
 }
 
 func TestLocalAllowDoesNotAllocate(t *testing.T) {
-	if localRaceEnabled() {
+	if israce.Enabled {
 		t.Skip("the race detector allocates")
 	}
 	l := mustLocal(t, limiter.PerSecond(1000, 10))
@@ -617,18 +617,4 @@ func TestLocalAllowDoesNotAllocate(t *testing.T) {
 	if n := testing.AllocsPerRun(1000, func() { _, _ = l.Allow(ctx, "k") }); n != 0 {
 		t.Errorf("Allow on a known key: %v allocations, want 0", n)
 	}
-}
-
-// localRaceEnabled reports whether the test binary was built with -race.
-func localRaceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
