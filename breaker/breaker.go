@@ -212,16 +212,20 @@ func New[T any](name string, opts ...Option) *Breaker[T] {
 	}
 	b.trip = c.policy.newState()
 	b.slow = c.policy.slowThreshold()
-	wb := weak.Make(b)
-	var reg metric.Registration
-	b.metrics, reg = newInstruments(&c, name, func() (State, bool) {
-		if b := wb.Value(); b != nil {
-			return b.peekState(), true
+	if c.shared != nil {
+		b.metrics = c.shared
+	} else {
+		wb := weak.Make(b)
+		var reg metric.Registration
+		b.metrics, reg = newInstruments(&c, name, func() (State, bool) {
+			if b := wb.Value(); b != nil {
+				return b.peekState(), true
+			}
+			return 0, false
+		})
+		if reg != nil {
+			runtime.AddCleanup(b, func(r metric.Registration) { _ = r.Unregister() }, reg)
 		}
-		return 0, false
-	})
-	if reg != nil {
-		runtime.AddCleanup(b, func(r metric.Registration) { _ = r.Unregister() }, reg)
 	}
 	b.events.listeners = append([]func(StateChange){b.metrics.transition}, c.listeners...)
 	b.cb.Store(b.newGobreaker())

@@ -23,9 +23,9 @@ type config struct {
 	listeners     []func(StateChange)
 	meterProvider metric.MeterProvider
 
-	// For breakers made by a Group: the name their metrics carry, and
-	// whether each reports its own state gauge.
-	metricName   string
+	// For breakers made by a Group: the group's instruments, used instead
+	// of the breaker's own (and so without a state gauge).
+	shared       *instruments
 	noStateGauge bool
 
 	err error // the first invalid option

@@ -39,9 +39,6 @@ func newInstruments(c *config, name string, state func() (State, bool)) (*instru
 		mp = otel.GetMeterProvider()
 	}
 	m := mp.Meter(scope)
-	if c.metricName != "" {
-		name = c.metricName
-	}
 	nameAttr := attribute.String("bulwark.breaker.name", name)
 	in := &instruments{}
 	var err error
