@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -235,7 +234,7 @@ func TestGroupExecuteDoesNotAllocate(t *testing.T) {
 func TestGroupBoundedKeys(t *testing.T) {
 	const maxKeys = 1000
 	n := 1_000_000
-	if testing.Short() || groupRaceEnabled() {
+	if testing.Short() {
 		n = 100_000 // still a hundred times the bound
 	}
 	g := breaker.NewGroup[int]("g", breaker.WithMaxKeys(maxKeys))
@@ -268,21 +267,6 @@ func TestGroupBoundedKeys(t *testing.T) {
 		t.Errorf("heap grew from %d to %d bytes over %d keys", before, after, n-10*maxKeys)
 	}
 	runtime.KeepAlive(g)
-}
-
-// groupRaceEnabled reports whether the test binary was built with -race, which
-// makes creating breakers some ten times slower.
-func groupRaceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
 
 func TestGroupIdleEviction(t *testing.T) {
