@@ -42,4 +42,10 @@
 //	bulwark.breaker.calls        counter {call}        bulwark.breaker.outcome: success, failure, ignored, rejected
 //	bulwark.breaker.transitions  counter {transition}  bulwark.breaker.from, bulwark.breaker.to
 //	bulwark.breaker.state        gauge {state}         0 closed, 1 half-open, 2 open
+//
+// A [Group]'s members report under the group's name, without a state gauge
+// each. A [Failover] also counts its attempts:
+//
+//	bulwark.breaker.failover.attempts  counter {attempt}  bulwark.breaker.failover.name, .provider,
+//	                                                      .outcome: success, failure, final, skipped, cancelled
 package breaker
