@@ -139,6 +139,8 @@ type StateChange struct {
 	Name     string
 	From, To State
 	At       time.Time
+
+	local bool // made by this instance's own calls, not heard from its Fleet
 }
 
 // Modes set by hand.
@@ -190,6 +192,8 @@ type Breaker[T any] struct {
 	openUntil atomic.Int64
 	epoch     time.Time
 	timeout   atomic.Int64 // the current gobreaker's open timeout, ns
+
+	shared *fleetLink // nil unless WithFleet
 }
 
 // New returns a closed breaker for the dependency called name. It panics if
@@ -229,6 +233,9 @@ func New[T any](name string, opts ...Option) *Breaker[T] {
 	}
 	b.events.listeners = append([]func(StateChange){b.metrics.transition}, c.listeners...)
 	b.cb.Store(b.newGobreaker())
+	if c.fleet != nil {
+		b.joinFleet(c.fleet)
+	}
 	return b
 }
 
@@ -254,13 +261,14 @@ func (b *Breaker[T]) newGobreaker() *gobreaker.CircuitBreaker[T] {
 		ReadyToTrip: func(c gobreaker.Counts) bool { return b.trip.readyToTrip(c) },
 		// Runs under gobreaker's lock: it only queues the change.
 		OnStateChange: func(_ string, from, to gobreaker.State) {
-			if to == gobreaker.StateOpen {
-				b.openUntil.Store(b.now() + b.timeout.Load())
-			} else {
+			switch to {
+			case gobreaker.StateOpen:
+				b.holdOpen(b.timeout.Load())
+			case gobreaker.StateClosed:
 				b.openUntil.Store(0)
 			}
 			b.trip.reset()
-			b.events.push(StateChange{Name: b.name, From: fromGobreaker(from), To: fromGobreaker(to), At: time.Now()})
+			b.events.push(StateChange{Name: b.name, From: fromGobreaker(from), To: fromGobreaker(to), At: time.Now(), local: true})
 		},
 		IsSuccessful: func(err error) bool { return err == nil },
 		IsExcluded:   func(err error) bool { return err == errIgnored },
@@ -297,6 +305,12 @@ func (b *Breaker[T]) peekState() State {
 		return StateOpen
 	case modeDisabled:
 		return StateClosed
+	}
+	if b.rejectsFast() {
+		return StateOpen
+	}
+	if b.shared != nil && b.shared.remote.Load() {
+		return StateHalfOpen
 	}
 	return fromGobreaker(b.cb.Load().State())
 }
@@ -337,6 +351,16 @@ func (b *Breaker[T]) Execute(ctx context.Context, fn func(context.Context) (T, e
 		b.metrics.call(ctx, outcomeRejected)
 		return zero, b.rejectOpen
 	}
+	if b.shared != nil && b.shared.remote.Load() {
+		return b.probeFleet(ctx, fn)
+	}
+	v, err, _ := b.run(ctx, fn)
+	return v, err
+}
+
+// run calls fn through gobreaker and returns its result and outcome, or a
+// rejection with outcomeRejected.
+func (b *Breaker[T]) run(ctx context.Context, fn func(context.Context) (T, error)) (T, error, int) {
 	var (
 		called  bool
 		callErr error
@@ -353,18 +377,28 @@ func (b *Breaker[T]) Execute(ctx context.Context, fn func(context.Context) (T, e
 		out = b.outcome(ctx, err, start)
 		return v, outcomeMarker[out]
 	})
+	b.events.deliver()
 	if !called {
-		b.events.deliver()
 		b.metrics.call(ctx, outcomeRejected)
 		if err == gobreaker.ErrTooManyRequests {
-			return zero, b.rejectHalfOpen
+			return v, b.rejectHalfOpen, outcomeRejected
 		}
-		return zero, b.rejectOpen
+		return v, b.rejectOpen, outcomeRejected
 	}
-	b.events.deliver()
 	b.metrics.call(ctx, int(out))
-	_ = err // the marker; the caller gets fn's own error
-	return v, callErr
+	// err is the outcome's marker; the caller gets fn's own error.
+	return v, callErr, int(out)
+}
+
+// holdOpen keeps the breaker open for at least d from now.
+func (b *Breaker[T]) holdOpen(d int64) {
+	until := b.now() + d
+	for {
+		cur := b.openUntil.Load()
+		if cur >= until || b.openUntil.CompareAndSwap(cur, until) {
+			return
+		}
+	}
 }
 
 // now is the time since epoch in ns; on a monotonic reading, time.Since
@@ -427,6 +461,9 @@ func (b *Breaker[T]) Allow(ctx context.Context) (done func(err error), err error
 		b.metrics.call(ctx, outcomeRejected)
 		return nil, b.rejectOpen
 	}
+	if b.shared != nil && b.shared.remote.Load() {
+		return b.allowFleetProbe(ctx)
+	}
 	cb := b.cb.Load()
 	halfOpen := false
 	switch cb.State() {
@@ -480,6 +517,9 @@ func (b *Breaker[T]) Reset() {
 	b.mode.Store(modeAuto)
 	b.cb.Store(b.newGobreaker())
 	b.openUntil.Store(0)
+	if b.shared != nil {
+		b.shared.remote.Store(false)
+	}
 	b.trip.reset()
 	if from != StateClosed {
 		b.events.push(StateChange{Name: b.name, From: from, To: StateClosed, At: time.Now()})

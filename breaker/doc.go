@@ -15,6 +15,10 @@
 //     a call moves on when one fails, and never re-sends a final answer
 //     (a declined card) to the next.
 //   - [RoundTripper]: a breaker per host for outbound HTTP.
+//   - [Fleet]: breakers of the same name on every instance of a service
+//     trip together through Redis, one instance probes for all, and each
+//     goes on alone when Redis is down. Give it to a breaker with
+//     [WithFleet].
 //
 // # Errors
 //

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/bulwarkgo/bulwark/breaker"
 )
@@ -95,4 +98,25 @@ func ExampleWithListener() {
 	)
 	b.Execute(context.Background(), func(context.Context) (int, error) { return 0, errors.New("down") })
 	// Output: db: closed -> open (now open)
+}
+
+// Every instance of the service shares the breaker's state through Redis:
+// when one opens it, all do; one probes for all.
+func ExampleNewFleet() {
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	defer client.Close()
+	fleet, err := breaker.NewFleet(context.Background(), client)
+	if err != nil {
+		log.Fatal(err) // Redis unreachable at start-up
+	}
+	defer fleet.Close()
+
+	gateway := breaker.New[string]("wxpay",
+		breaker.WithFleet(fleet),
+		breaker.WithTripPolicy(breaker.FailureRate(0.5, 20, 30*time.Second)),
+	)
+	_, err = gateway.Execute(context.Background(), func(ctx context.Context) (string, error) {
+		return "paid", nil
+	})
+	fmt.Println(err)
 }

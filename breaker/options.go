@@ -28,6 +28,8 @@ type config struct {
 	shared       *instruments
 	noStateGauge bool
 
+	fleet *Fleet
+
 	err error // the first invalid option
 }
 

@@ -1,0 +1,492 @@
+package breaker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"weak"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+)
+
+// Fleet shares the state of breakers across the instances of a service
+// through Redis, so that breakers of the same name trip together: when one
+// instance opens its breaker, the others open theirs; when the open
+// timeout runs out, one instance sends the probe for all; when it succeeds,
+// all close.
+//
+// Redis carries only changes of state, never the calls: a closed breaker's
+// calls touch neither Redis nor a lock, as without a Fleet. A change is
+// published on a channel (the others hear it within milliseconds) and kept
+// in a key that expires with the open timeout, which an instance reads when
+// it (re)subscribes, so one that joins late or lost its connection learns
+// the state. Publishing runs in the Fleet's own goroutine, so a call that
+// trips a breaker never waits for Redis.
+//
+// After a fleet-wide open timeout, the breakers are half-open across the
+// fleet: each instance asks Redis for the probe (SET NX with an expiry) and
+// only the one that gets it calls the dependency; the others reject with
+// [ErrTooManyRequests] until the probe's outcome is published (success
+// closes every breaker, failure opens them again) or, should the prober
+// die, its claim expires and another takes over.
+//
+// When Redis cannot be reached, each instance goes on as a local breaker:
+// it trips, probes and closes on its own calls, and nothing waits for
+// Redis. Its changes are not shared while Redis is down; when Redis comes
+// back the Fleet resubscribes, reads the state of its breakers again and
+// shares changes from then on.
+//
+// A Fleet runs one goroutine to receive and one to publish; [Fleet.Close]
+// stops them. Create one with [NewFleet] and give it to breakers with
+// [WithFleet]. Manual control (ForceOpen, Disable, Reset) stays local to
+// the instance.
+type Fleet struct {
+	client  redis.UniversalClient
+	prefix  string
+	channel string
+	id      string // this instance, to skip its own messages
+
+	mu      sync.Mutex
+	members map[string][]weak.Pointer[fleetLink]
+
+	ps     *redis.PubSub
+	out    chan fleetMsg
+	ctx    context.Context // done when the Fleet is closed
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+	// healthy is false from a failure of the subscription until it is
+	// made again; meanwhile probes are not claimed in Redis.
+	healthy atomic.Bool
+	// resyncs counts completed reads of the fleet's state, for tests.
+	resyncs atomic.Int64
+}
+
+// FleetOption configures a [Fleet].
+type FleetOption interface{ applyFleet(*fleetConfig) }
+
+type fleetOptionFunc func(*fleetConfig)
+
+func (f fleetOptionFunc) applyFleet(c *fleetConfig) { f(c) }
+
+type fleetConfig struct {
+	prefix string
+}
+
+// WithFleetPrefix sets the prefix of the Fleet's keys and channel. The
+// default is "bulwark:breaker:". Fleets that should share state must use
+// the same prefix; it must not contain '{' or '}'.
+func WithFleetPrefix(prefix string) FleetOption {
+	return fleetOptionFunc(func(c *fleetConfig) { c.prefix = prefix })
+}
+
+// fleetMsg is one change to publish: kind "open" (with how long) or
+// "closed", for the breakers called name.
+type fleetMsg struct {
+	name string
+	open bool
+	ttl  time.Duration
+}
+
+// NewFleet subscribes to the fleet's channel on client (a single node,
+// Sentinel or Cluster client) and returns the Fleet. It fails when the
+// subscription cannot be made.
+func NewFleet(ctx context.Context, client redis.UniversalClient, opts ...FleetOption) (*Fleet, error) {
+	if client == nil {
+		return nil, configError("client", "must not be nil", nil)
+	}
+	c := fleetConfig{prefix: "bulwark:breaker:"}
+	for _, o := range opts {
+		o.applyFleet(&c)
+	}
+	if strings.ContainsAny(c.prefix, "{}") {
+		return nil, configError("WithFleetPrefix", "must not contain '{' or '}'", strconv.Quote(c.prefix))
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	f := &Fleet{
+		client:  client,
+		prefix:  c.prefix,
+		channel: c.prefix + "changes",
+		id:      hex.EncodeToString(id[:]),
+		members: map[string][]weak.Pointer[fleetLink]{},
+		out:     make(chan fleetMsg, 1024),
+	}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	f.ps = client.Subscribe(ctx, f.channel)
+	// The first reply confirms the subscription.
+	if _, err := f.ps.Receive(ctx); err != nil {
+		_ = f.ps.Close()
+		f.cancel()
+		return nil, err
+	}
+	f.healthy.Store(true)
+	f.wg.Add(2)
+	go f.receive()
+	go f.publish()
+	return f, nil
+}
+
+// Close stops the Fleet's goroutines and closes its subscription. Breakers
+// given the Fleet go on as local breakers.
+func (f *Fleet) Close() error {
+	f.mu.Lock()
+	if !f.closed.CompareAndSwap(false, true) {
+		f.mu.Unlock()
+		return nil
+	}
+	f.mu.Unlock()
+	f.cancel()
+	err := f.ps.Close()
+	f.wg.Wait()
+	return err
+}
+
+// WithFleet shares the breaker's state with the breakers of the same name
+// on the other instances using the same Fleet prefix and Redis.
+func WithFleet(f *Fleet) Option {
+	return optionFunc(func(c *config) {
+		if f == nil {
+			c.fail(configError("WithFleet", "must not be nil", nil))
+			return
+		}
+		c.fleet = f
+	})
+}
+
+func (f *Fleet) key(name string) string      { return f.prefix + "{" + name + "}" }
+func (f *Fleet) probeKey(name string) string { return f.prefix + "{" + name + "}:probe" }
+
+// fleetLink is one breaker's tie to its Fleet.
+type fleetLink struct {
+	fleet *Fleet
+	name  string
+	// remote is set while the fleet holds the breaker open or half-open:
+	// after the open timeout its calls wait for the fleet's probe.
+	remote  atomic.Bool
+	probing atomic.Bool // this instance is sending the fleet's probe
+	// timeout is the breaker's open timeout, used when this instance opens
+	// the fleet after a failed probe.
+	timeout func() time.Duration
+	// open and closed apply a change heard from another instance.
+	open   func(ttl time.Duration)
+	closed func()
+}
+
+func (f *Fleet) register(l *fleetLink) {
+	f.mu.Lock()
+	f.members[l.name] = append(f.members[l.name], weak.Make(l))
+	f.mu.Unlock()
+	// A breaker made while the fleet is open must learn it; New does not
+	// wait for Redis, the Fleet reads it in a goroutine of its own.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed.Load() {
+		return
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		ctx, cancel := context.WithTimeout(f.ctx, time.Second)
+		defer cancel()
+		f.resyncNames(ctx, []string{l.name})
+	}()
+}
+
+// links returns the live links of name, dropping collected ones.
+func (f *Fleet) links(name string) []*fleetLink {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ws := f.members[name]
+	var out []*fleetLink
+	kept := ws[:0]
+	for _, w := range ws {
+		if l := w.Value(); l != nil {
+			out = append(out, l)
+			kept = append(kept, w)
+		}
+	}
+	if len(kept) == 0 {
+		delete(f.members, name)
+	} else {
+		f.members[name] = kept
+	}
+	return out
+}
+
+func (f *Fleet) names() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	names := make([]string, 0, len(f.members))
+	for n := range f.members {
+		names = append(names, n)
+	}
+	return names
+}
+
+// announce queues a change for publishing; it never blocks. A change that
+// finds the queue full is dropped: the others then rely on their own
+// breakers, as when Redis is down.
+func (f *Fleet) announce(m fleetMsg) {
+	if f.closed.Load() {
+		return
+	}
+	select {
+	case f.out <- m:
+	default:
+	}
+}
+
+func (f *Fleet) publish() {
+	defer f.wg.Done()
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case m := <-f.out:
+			ctx, cancel := context.WithTimeout(f.ctx, time.Second)
+			f.send(ctx, m)
+			cancel()
+		}
+	}
+}
+
+// send writes the state key and publishes the change. Errors are dropped:
+// without Redis each instance is its own breaker.
+func (f *Fleet) send(ctx context.Context, m fleetMsg) {
+	kind, ttl := "closed", time.Minute
+	if m.open {
+		kind, ttl = "open", m.ttl
+	}
+	payload := kind + "|" + strconv.FormatInt(ttl.Milliseconds(), 10) + "|" + f.id + "|" + m.name
+	_, _ = f.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, f.key(m.name), kind, max(ttl, time.Millisecond))
+		if !m.open {
+			p.Del(ctx, f.probeKey(m.name))
+		}
+		p.Publish(ctx, f.channel, payload)
+		return nil
+	})
+}
+
+func (f *Fleet) receive() {
+	defer f.wg.Done()
+	ctx := f.ctx
+	backoff := 10 * time.Millisecond
+	for {
+		msg, err := f.ps.ReceiveTimeout(ctx, 5*time.Second)
+		if f.closed.Load() {
+			return
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Quiet channel: check the connection is alive.
+				if f.ps.Ping(ctx) != nil {
+					f.healthy.Store(false)
+				}
+				continue
+			}
+			f.healthy.Store(false)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			// Subscribed again after losing the connection: changes may
+			// have been missed.
+			if m.Kind == "subscribe" {
+				f.healthy.Store(true)
+				rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+				f.resyncNames(rctx, f.names())
+				rcancel()
+			}
+		case *redis.Message:
+			f.heard(m.Payload)
+		}
+	}
+}
+
+// heard applies a change published by another instance.
+func (f *Fleet) heard(payload string) {
+	parts := strings.SplitN(payload, "|", 4)
+	if len(parts) != 4 || parts[2] == f.id {
+		return
+	}
+	ms, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil {
+		return
+	}
+	for _, l := range f.links(parts[3]) {
+		switch parts[0] {
+		case "open":
+			l.open(time.Duration(ms) * time.Millisecond)
+		case "closed":
+			l.closed()
+		}
+	}
+}
+
+// resyncNames reads the fleet's state of names and applies it.
+func (f *Fleet) resyncNames(ctx context.Context, names []string) {
+	defer f.resyncs.Add(1)
+	for len(names) > 0 {
+		chunk := names[:min(len(names), 256)]
+		names = names[len(chunk):]
+		vals := make([]*redis.StringCmd, len(chunk))
+		ttls := make([]*redis.DurationCmd, len(chunk))
+		_, err := f.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, n := range chunk {
+				vals[i] = p.Get(ctx, f.key(n))
+				ttls[i] = p.PTTL(ctx, f.key(n))
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return
+		}
+		for i, n := range chunk {
+			switch vals[i].Val() {
+			case "open":
+				if ttl := ttls[i].Val(); ttl > 0 {
+					for _, l := range f.links(n) {
+						l.open(ttl)
+					}
+				}
+			case "closed":
+				for _, l := range f.links(n) {
+					if l.remote.Load() {
+						l.closed()
+					}
+				}
+			}
+		}
+	}
+}
+
+// claimProbe asks the fleet for the right to send the probe of name. When
+// Redis cannot answer, or the subscription is known to be down, the
+// instance probes on its own without waiting.
+func (f *Fleet) claimProbe(ctx context.Context, name string, ttl time.Duration) bool {
+	if !f.healthy.Load() {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	ok, err := f.client.SetNX(ctx, f.probeKey(name), f.id, ttl).Result()
+	return ok || err != nil
+}
+
+// joinFleet ties b to f: its own trips are announced, and changes heard
+// from the fleet are applied to it.
+func (b *Breaker[T]) joinFleet(f *Fleet) {
+	l := &fleetLink{fleet: f, name: b.name}
+	l.open = func(ttl time.Duration) { b.fleetChange(func() { l.remote.Store(true); b.holdOpen(int64(ttl)) }) }
+	l.closed = func() {
+		b.fleetChange(func() {
+			l.remote.Store(false)
+			b.openUntil.Store(0)
+			// Another instance's probe succeeded: a breaker this instance
+			// tripped itself closes too, without waiting to probe again.
+			if b.cb.Load().State() != gobreaker.StateClosed {
+				b.cb.Store(b.newGobreaker())
+				b.trip.reset()
+			}
+		})
+	}
+	b.shared = l
+	b.events.listeners = append(b.events.listeners, func(c StateChange) {
+		if c.local && c.To == StateOpen {
+			l.remote.Store(true)
+			f.announce(fleetMsg{name: b.name, open: true, ttl: time.Duration(b.timeout.Load())})
+		}
+	})
+	f.register(l)
+}
+
+// fleetChange applies a change of fleet state and tells the listeners.
+func (b *Breaker[T]) fleetChange(apply func()) {
+	from := b.peekState()
+	apply()
+	if to := b.peekState(); to != from {
+		b.events.push(StateChange{Name: b.name, From: from, To: to, At: time.Now()})
+	}
+	b.events.deliver()
+}
+
+// probeFleet handles a call while the fleet's breaker is half-open: one
+// instance, the one that claims the probe in Redis, makes the call; its
+// outcome closes or reopens every instance's breaker.
+func (b *Breaker[T]) probeFleet(ctx context.Context, fn func(context.Context) (T, error)) (T, error) {
+	var zero T
+	l := b.shared
+	if !l.probing.CompareAndSwap(false, true) {
+		b.metrics.call(ctx, outcomeRejected)
+		return zero, b.rejectHalfOpen
+	}
+	defer l.probing.Store(false)
+	timeout := time.Duration(b.timeout.Load())
+	if l.remote.Load() && !l.fleet.claimProbe(ctx, b.name, timeout) {
+		b.metrics.call(ctx, outcomeRejected)
+		return zero, b.rejectHalfOpen
+	}
+	v, err, out := b.run(ctx, fn)
+	b.probed(out)
+	return v, err
+}
+
+// probed shares the outcome of the fleet's probe: success closes every
+// instance's breaker, failure opens them again.
+func (b *Breaker[T]) probed(out int) {
+	l := b.shared
+	timeout := time.Duration(b.timeout.Load())
+	switch out {
+	case int(Success):
+		b.fleetChange(func() { l.remote.Store(false) })
+		l.fleet.announce(fleetMsg{name: b.name})
+	case int(Failure):
+		b.fleetChange(func() { b.holdOpen(int64(timeout)) })
+		l.fleet.announce(fleetMsg{name: b.name, open: true, ttl: timeout})
+	}
+}
+
+// allowFleetProbe is Allow while the fleet's breaker is half-open.
+func (b *Breaker[T]) allowFleetProbe(ctx context.Context) (func(error), error) {
+	l := b.shared
+	if !l.probing.CompareAndSwap(false, true) {
+		b.metrics.call(ctx, outcomeRejected)
+		return nil, b.rejectHalfOpen
+	}
+	if !l.fleet.claimProbe(ctx, b.name, time.Duration(b.timeout.Load())) {
+		l.probing.Store(false)
+		b.metrics.call(ctx, outcomeRejected)
+		return nil, b.rejectHalfOpen
+	}
+	var start time.Time
+	if b.slow > 0 {
+		start = time.Now()
+	}
+	var once sync.Once
+	return func(err error) {
+		once.Do(func() {
+			defer l.probing.Store(false)
+			out := b.outcome(ctx, err, start)
+			b.metrics.call(ctx, int(out))
+			b.probed(int(out))
+		})
+	}, nil
+}
