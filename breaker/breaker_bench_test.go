@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/bulwarkgo/bulwark/breaker"
+	"github.com/bulwarkgo/bulwark/internal/redistest"
 )
 
 func BenchmarkExecute(b *testing.B) {
@@ -56,5 +57,27 @@ func BenchmarkExecute(b *testing.B) {
 				br.Execute(ctx, ok)
 			}
 		})
+	})
+}
+
+// BenchmarkFleetClosedExecute shows that a closed breaker shared through a
+// Fleet costs what a local one does: calls never touch Redis.
+func BenchmarkFleetClosedExecute(b *testing.B) {
+	c := redistest.Client(b)
+	fleet, err := breaker.NewFleet(context.Background(), c, breaker.WithFleetPrefix(redistest.Prefix(b)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fleet.Close()
+	br := breaker.New[int]("bench", breaker.WithFleet(fleet))
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := br.Execute(ctx, ok); err != nil {
+				b.Error(err)
+				return
+			}
+		}
 	})
 }
