@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/bulwarkgo/bulwark/internal/sharded"
 )
 
 // Group is a set of circuit breakers, one per key: a host, an endpoint, a
@@ -68,10 +69,6 @@ const (
 	// groupEvictSample is how many members of a shard an insert looks at.
 	// Map iteration starts at a random place, so this is a random sample.
 	groupEvictSample = 8
-
-	// groupMinShardKeys keeps shards large enough that sampling finds a
-	// reasonable victim; small groups use fewer shards.
-	groupMinShardKeys = 8
 )
 
 // GroupOption configures a [Group].
@@ -188,7 +185,7 @@ func NewGroup[T any](name string, opts ...GroupOption) *Group[T] {
 	bc.noStateGauge = true
 	metrics, _ := newInstruments(&bc, name, nil)
 
-	n := groupShardCount(c.maxKeys)
+	n := sharded.Count(c.maxKeys)
 	g := &Group[T]{
 		seed:    maphash.MakeSeed(),
 		mask:    uint64(n - 1),
@@ -202,25 +199,10 @@ func NewGroup[T any](name string, opts ...GroupOption) *Group[T] {
 	}
 	for i := range g.shards {
 		s := &g.shards[i]
-		// Spread the remainder so the capacities add up to maxKeys.
-		s.cap = c.maxKeys / n
-		if i < c.maxKeys%n {
-			s.cap++
-		}
+		s.cap = sharded.Capacity(c.maxKeys, n, i)
 		s.m = make(map[string]*member[T])
 	}
 	return g
-}
-
-// groupShardCount is a power of two: enough shards that parallel callers
-// rarely meet, but no more than leave each shard groupMinShardKeys keys.
-func groupShardCount(maxKeys int) int {
-	want := max(64, 4*runtime.GOMAXPROCS(0))
-	n := 1
-	for n < want && 2*n*groupMinShardKeys <= maxKeys {
-		n *= 2
-	}
-	return n
 }
 
 // Name returns the group's name, the prefix of its members' names.
@@ -295,29 +277,7 @@ func (g *Group[T]) Sweep() {
 // may be called more than once. StartJanitor panics if every is not
 // positive, as [time.NewTicker] does.
 func (g *Group[T]) StartJanitor(every time.Duration) (stop func()) {
-	if every <= 0 {
-		panic("breaker: non-positive interval for Group.StartJanitor")
-	}
-	quit := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				g.Sweep()
-			case <-quit:
-				return
-			}
-		}
-	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() { close(quit) })
-		<-exited
-	}
+	return sharded.StartJanitor("breaker: Group", every, g.Sweep)
 }
 
 // now is the time in nanoseconds since the group's epoch. time.Since on a

@@ -4,12 +4,13 @@ import (
 	"context"
 	"hash/maphash"
 	"math"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/bulwarkgo/bulwark/internal/sharded"
 )
 
 // Local is an in-process rate limiter with one token bucket per key.
@@ -87,10 +88,6 @@ const (
 	// hotSlots is the size of the cache of recently used entries.
 	hotBits  = 8
 	hotSlots = 1 << hotBits
-
-	// minShardKeys keeps shards large enough that sampling finds a
-	// reasonable victim; small limiters use fewer shards.
-	minShardKeys = 8
 )
 
 // WithMaxKeys bounds the number of keys a [Local] holds at once; n must be
@@ -166,7 +163,7 @@ func NewLocal(limit Limit, opts ...LocalOption) (*Local, error) {
 		return nil, configError("WithIdleTimeout", "must be positive", c.idleTimeout)
 	}
 
-	n := shardCount(c.maxKeys)
+	n := sharded.Count(c.maxKeys)
 	l := &Local{
 		seed:      maphash.MakeSeed(),
 		mask:      uint64(n - 1),
@@ -181,25 +178,10 @@ func NewLocal(limit Limit, opts ...LocalOption) (*Local, error) {
 	}
 	for i := range l.shards {
 		s := &l.shards[i]
-		// Spread the remainder so the capacities add up to maxKeys.
-		s.cap = c.maxKeys / n
-		if i < c.maxKeys%n {
-			s.cap++
-		}
+		s.cap = sharded.Capacity(c.maxKeys, n, i)
 		s.m = make(map[string]*localEntry)
 	}
 	return l, nil
-}
-
-// shardCount is a power of two: enough shards that parallel callers rarely
-// meet, but no more than leave each shard minShardKeys keys.
-func shardCount(maxKeys int) int {
-	want := max(64, 4*runtime.GOMAXPROCS(0))
-	n := 1
-	for n < want && 2*n*minShardKeys <= maxKeys {
-		n *= 2
-	}
-	return n
 }
 
 // Allow is AllowN(ctx, key, 1).
@@ -285,29 +267,7 @@ func (l *Local) sweepAt(at int64) {
 // may be called more than once. StartJanitor panics if every is not
 // positive, as [time.NewTicker] does.
 func (l *Local) StartJanitor(every time.Duration) (stop func()) {
-	if every <= 0 {
-		panic("limiter: non-positive interval for Local.StartJanitor")
-	}
-	quit := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				l.Sweep()
-			case <-quit:
-				return
-			}
-		}
-	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() { close(quit) })
-		<-exited
-	}
+	return sharded.StartJanitor("limiter: Local", every, l.Sweep)
 }
 
 func (l *Local) shard(key string) *localShard {

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bulwarkgo/bulwark/internal/sharded"
 )
 
 func TestLocalShardCapacities(t *testing.T) {
@@ -18,7 +20,7 @@ func TestLocalShardCapacities(t *testing.T) {
 		if n&(n-1) != 0 || l.mask != uint64(n-1) {
 			t.Errorf("maxKeys %d: %d shards, mask %#x; want a power of two and its mask", maxKeys, n, l.mask)
 		}
-		if maxKeys < 2*minShardKeys && n != 1 {
+		if maxKeys < 2*sharded.MinKeys && n != 1 {
 			t.Errorf("maxKeys %d: %d shards, want 1 so an insert samples every key", maxKeys, n)
 		}
 		sum := 0
