@@ -183,8 +183,14 @@ type Breaker[T any] struct {
 
 	events  eventQueue
 	metrics *instruments
-	// probes counts the half-open calls admitted by Allow and not yet done.
+	// probes counts the half-open calls admitted by Allow and not yet done,
+	// in the current state.
 	probes atomic.Int32
+	// gen numbers the gobreaker instances (Reset makes a new one): the
+	// changes of a replaced one are ignored. seq counts changes of state,
+	// so Allow can tell that its call belongs to an earlier state.
+	gen atomic.Uint64
+	seq atomic.Uint64
 
 	// openUntil is when the open breaker lets probes through, in ns since
 	// epoch; 0 unless open. Until then calls are rejected without entering
@@ -254,6 +260,7 @@ func (b *Breaker[T]) newGobreaker() *gobreaker.CircuitBreaker[T] {
 		timeout += time.Duration(rand.Float64() * b.cfg.jitter * float64(timeout))
 	}
 	b.timeout.Store(int64(timeout))
+	gen := b.gen.Add(1)
 	s := gobreaker.Settings{
 		Name:        b.name,
 		MaxRequests: uint32(b.cfg.probes),
@@ -261,6 +268,11 @@ func (b *Breaker[T]) newGobreaker() *gobreaker.CircuitBreaker[T] {
 		ReadyToTrip: func(c gobreaker.Counts) bool { return b.trip.readyToTrip(c) },
 		// Runs under gobreaker's lock: it only queues the change.
 		OnStateChange: func(_ string, from, to gobreaker.State) {
+			if b.gen.Load() != gen {
+				return // a call finishing on a gobreaker that Reset replaced
+			}
+			b.seq.Add(1)
+			b.probes.Store(0)
 			switch to {
 			case gobreaker.StateOpen:
 				b.holdOpen(b.timeout.Load())
@@ -370,14 +382,27 @@ func (b *Breaker[T]) run(ctx context.Context, fn func(context.Context) (T, error
 	if b.slow > 0 {
 		start = time.Now()
 	}
-	v, err := b.cb.Load().Execute(func() (T, error) {
+	// Deferred so that a change made by a panicking call is delivered too.
+	defer b.events.deliver()
+	cb := b.cb.Load()
+	v, err := cb.Execute(func() (T, error) {
 		called = true
+		panicked := true
+		defer func() {
+			if panicked {
+				// gobreaker counts the panic as a failure; so must the
+				// policy's own window, before gobreaker asks it to trip.
+				b.observe(cb, Failure, false)
+			}
+		}()
 		v, err := fn(ctx)
+		panicked = false
 		callErr = err
-		out = b.outcome(ctx, err, start)
+		var slow bool
+		out, slow = b.outcome(ctx, err, start)
+		b.observe(cb, out, slow)
 		return v, outcomeMarker[out]
 	})
-	b.events.deliver()
 	if !called {
 		b.metrics.call(ctx, outcomeRejected)
 		if err == gobreaker.ErrTooManyRequests {
@@ -421,19 +446,25 @@ func (b *Breaker[T]) classifyCall(ctx context.Context, err error) Outcome {
 	return b.classify(err)
 }
 
-// outcome classifies one call and feeds it to the trip policy's own
-// window. start is zero unless slow calls are measured.
-func (b *Breaker[T]) outcome(ctx context.Context, err error, start time.Time) Outcome {
-	out := b.classifyCall(ctx, err)
+// outcome classifies one call; slow reports whether it was a slow call
+// (start is zero unless slow calls are measured). A slow call is a failure.
+func (b *Breaker[T]) outcome(ctx context.Context, err error, start time.Time) (out Outcome, slow bool) {
+	out = b.classifyCall(ctx, err)
 	if out == Ignored {
-		return out
+		return out, false
 	}
-	slow := b.slow > 0 && time.Since(start) >= b.slow
-	if slow {
+	if slow = b.slow > 0 && time.Since(start) >= b.slow; slow {
 		out = Failure
 	}
-	b.trip.observe(out == Failure, slow)
-	return out
+	return out, slow
+}
+
+// observe feeds an outcome to the trip policy's own window, unless it
+// belongs to a gobreaker that Reset has replaced.
+func (b *Breaker[T]) observe(cb *gobreaker.CircuitBreaker[T], out Outcome, slow bool) {
+	if out != Ignored && b.cb.Load() == cb {
+		b.trip.observe(out == Failure, slow)
+	}
 }
 
 // Allow is the two-step form of Execute, for callers that cannot wrap the
@@ -441,11 +472,13 @@ func (b *Breaker[T]) outcome(ctx context.Context, err error, start time.Time) Ou
 // which must be called once with the call's error when it ends. A done ctx
 // or a rejection is returned as the error, as from Execute.
 //
-// The outcome is given to gobreaker when done is called, so an outcome
-// that arrives after the breaker changed state is dropped, as gobreaker
-// drops the outcomes of an earlier generation. While half-open, Allow
-// admits as many calls as there are probe slots, on its own count. Unlike
-// Execute, Allow allocates the done function.
+// The outcome is given to gobreaker when done is called; an outcome that
+// arrives after the breaker changed state is dropped, as gobreaker drops
+// the outcomes of an earlier generation. While half-open, Allow admits as
+// many calls as there are probe slots, on a count of its own: gobreaker's
+// slots are not reachable from outside a call, so an Allow probe whose
+// outcome arrives while an Execute probe holds gobreaker's slot is dropped.
+// Unlike Execute, Allow allocates the done function.
 func (b *Breaker[T]) Allow(ctx context.Context) (done func(err error), err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -465,8 +498,10 @@ func (b *Breaker[T]) Allow(ctx context.Context) (done func(err error), err error
 		return b.allowFleetProbe(ctx)
 	}
 	cb := b.cb.Load()
+	state := cb.State() // may move open to half-open, a change of state
+	seq := b.seq.Load()
 	halfOpen := false
-	switch cb.State() {
+	switch state {
 	case gobreaker.StateOpen:
 		b.events.deliver()
 		b.metrics.call(ctx, outcomeRejected)
@@ -488,16 +523,23 @@ func (b *Breaker[T]) Allow(ctx context.Context) (done func(err error), err error
 	var once sync.Once
 	return func(err error) {
 		once.Do(func() {
-			if halfOpen {
-				defer b.probes.Add(-1)
+			defer b.events.deliver()
+			out, slow := b.outcome(ctx, err, start)
+			b.metrics.call(ctx, int(out))
+			if b.seq.Load() != seq || b.cb.Load() != cb {
+				// The breaker changed state since Allow (and reset its
+				// probe count): the outcome belongs to an earlier state.
+				return
 			}
-			out := b.outcome(ctx, err, start)
+			if halfOpen {
+				for p := b.probes.Load(); p > 0 && !b.probes.CompareAndSwap(p, p-1); p = b.probes.Load() {
+				}
+			}
+			b.observe(cb, out, slow)
 			_, _ = cb.Execute(func() (T, error) {
 				var zero T
 				return zero, outcomeMarker[out]
 			})
-			b.events.deliver()
-			b.metrics.call(ctx, int(out))
 		})
 	}, nil
 }
@@ -516,6 +558,8 @@ func (b *Breaker[T]) Reset() {
 	from := b.State()
 	b.mode.Store(modeAuto)
 	b.cb.Store(b.newGobreaker())
+	b.seq.Add(1)
+	b.probes.Store(0)
 	b.openUntil.Store(0)
 	if b.shared != nil {
 		b.shared.remote.Store(false)

@@ -404,6 +404,8 @@ func (b *Breaker[T]) joinFleet(f *Fleet) {
 			// tripped itself closes too, without waiting to probe again.
 			if b.cb.Load().State() != gobreaker.StateClosed {
 				b.cb.Store(b.newGobreaker())
+				b.seq.Add(1)
+				b.probes.Store(0)
 				b.trip.reset()
 			}
 		})
@@ -484,7 +486,7 @@ func (b *Breaker[T]) allowFleetProbe(ctx context.Context) (func(error), error) {
 	return func(err error) {
 		once.Do(func() {
 			defer l.probing.Store(false)
-			out := b.outcome(ctx, err, start)
+			out, _ := b.outcome(ctx, err, start)
 			b.metrics.call(ctx, int(out))
 			b.probed(int(out))
 		})
