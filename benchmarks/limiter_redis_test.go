@@ -164,14 +164,20 @@ var redisLibs = []redisLib{
 // reported for readability. lua-µs/call is the server's own time per script
 // call, from INFO commandstats, so it separates script cost from the round
 // trip and client overhead.
+//
+// keys=1000 is a per-user limit; keys=1 one global limit that every caller
+// shares, where Bulwark decides the concurrent calls of a batch on one
+// bucket with one read and one write.
 func BenchmarkRedisAllow(b *testing.B) {
 	procs := runtime.GOMAXPROCS(0)
 	parallelism := (redisGoroutines + procs - 1) / procs
-	keys := makeKeys(redisKeys)
-	for _, lib := range redisLibs {
-		b.Run("lib="+lib.name, func(b *testing.B) {
-			benchRedis(b, lib, keys, parallelism)
-		})
+	for _, n := range []int{redisKeys, 1} {
+		keys := makeKeys(n)
+		for _, lib := range redisLibs {
+			b.Run("keys="+strconv.Itoa(n)+"/lib="+lib.name, func(b *testing.B) {
+				benchRedis(b, lib, keys, parallelism)
+			})
+		}
 	}
 }
 
@@ -185,7 +191,7 @@ func benchRedis(b *testing.B, lib redisLib, keys []string, parallelism int) {
 	b.Cleanup(func() { deleteKeys(b, client, env.prefix) })
 
 	allow := lib.build(b, env)
-	warmRedis(b, allow, parallelism)
+	warmRedis(b, allow, parallelism, len(keys))
 
 	before := readScriptStats(b, client)
 	var t tally
@@ -225,7 +231,7 @@ func benchRedis(b *testing.B, lib redisLib, keys []string, parallelism int) {
 // warmRedis makes one call from each of the run's goroutines before the
 // timer starts, so the connection pool is full and the script is loaded
 // (the first EVALSHA of a script a server has not seen falls back to EVAL).
-func warmRedis(b *testing.B, allow redisAllow, parallelism int) {
+func warmRedis(b *testing.B, allow redisAllow, parallelism, keys int) {
 	b.Helper()
 	n := parallelism * runtime.GOMAXPROCS(0)
 	var wg sync.WaitGroup
@@ -233,7 +239,7 @@ func warmRedis(b *testing.B, allow redisAllow, parallelism int) {
 	for g := range n {
 		wg.Go(func() {
 			var got counts
-			got.note(allow(context.Background(), g%redisKeys))
+			got.note(allow(context.Background(), g%keys))
 			t.add(got)
 		})
 	}

@@ -188,10 +188,11 @@ func NewAdaptive(opts ...AdaptiveOption) (*Adaptive, error) {
 		smoothing:    defaultAdaptiveSmoothing,
 		sampleWindow: defaultAdaptiveSampleWindow,
 	}
-	for _, o := range opts {
-		if o != nil {
-			o.applyAdaptive(&c)
+	for i, o := range opts {
+		if o == nil {
+			return nil, configError("opts", "must not contain nil, at index", i)
 		}
+		o.applyAdaptive(&c)
 	}
 	if err := c.validate(); err != nil {
 		return nil, err

@@ -351,6 +351,7 @@ func TestAdaptiveOptionValidation(t *testing.T) {
 		field string
 		opts  []limiter.AdaptiveOption
 	}{
+		{"opts", []limiter.AdaptiveOption{nil}},
 		{"MinLimit", []limiter.AdaptiveOption{limiter.WithMinLimit(0)}},
 		{"MinLimit", []limiter.AdaptiveOption{limiter.WithMinLimit(-3)}},
 		{"MaxLimit", []limiter.AdaptiveOption{limiter.WithMinLimit(10), limiter.WithMaxLimit(5), limiter.WithInitialLimit(7)}},
@@ -380,7 +381,7 @@ func TestAdaptiveOptionValidation(t *testing.T) {
 
 	a, err := limiter.NewAdaptive(limiter.WithMinLimit(1), limiter.WithMaxLimit(1), limiter.WithInitialLimit(1),
 		limiter.WithLatencyTolerance(1), limiter.WithSmoothing(1), limiter.WithSampleWindow(time.Nanosecond),
-		limiter.WithName("edge"), nil)
+		limiter.WithName("edge"))
 	if err != nil {
 		t.Fatalf("valid edge options: %v", err)
 	}

@@ -70,8 +70,10 @@ func (r *Redis) redisDecision(behind int64, n int) Decision {
 	ahead := behind + int64(n)*r.intervalUS
 	if ahead > r.toleranceUS {
 		return Decision{
-			Limit:      r.limit,
-			Remaining:  int((r.toleranceUS - behind) / r.intervalUS),
+			Limit: r.limit,
+			// Never negative, even if Redis' clock went back (a failover
+			// to a replica whose clock is behind).
+			Remaining:  int(max(r.toleranceUS-behind, 0) / r.intervalUS),
 			RetryAfter: time.Duration(ahead-r.toleranceUS) * time.Microsecond,
 			ResetAfter: time.Duration(behind) * time.Microsecond,
 		}
@@ -107,7 +109,7 @@ var (
 	// service stays available and is unprotected.
 	FailOpen = OutagePolicy{kind: outageFailOpen}
 	// FailClosed refuses every request while Redis is unreachable, with
-	// RetryAfter set to the time until Redis is tried again.
+	// RetryAfter set to the retry interval (see [WithRetryInterval]).
 	FailClosed = OutagePolicy{kind: outageFailClosed}
 )
 
@@ -224,7 +226,10 @@ func NewRedis(client redis.UniversalClient, limit Limit, opts ...RedisOption) (*
 		return nil, err
 	}
 	c := redisConfig{prefix: "bulwark:limiter:", policy: FallbackLocal(1), retryInterval: time.Second, maxBatch: 64}
-	for _, o := range opts {
+	for i, o := range opts {
+		if o == nil {
+			return nil, configError("opts", "must not contain nil, at index", i)
+		}
 		o.applyRedis(&c)
 	}
 	if strings.ContainsAny(c.prefix, "{}") {
@@ -237,6 +242,11 @@ func NewRedis(client redis.UniversalClient, limit Limit, opts ...RedisOption) (*
 		return nil, configError("WithMaxBatch", "must be between 1 and 1000", c.maxBatch)
 	}
 	intervalUS := limit.Period.Microseconds() / int64(limit.Rate)
+	// The script holds times as Lua doubles: a bucket must last well under
+	// 2^53 µs (285 years) for its arithmetic to stay exact.
+	if int64(limit.Burst) > (1<<50)/intervalUS {
+		return nil, configError("Limit.Burst", "is too large: a full bucket would last centuries", limit.Burst)
+	}
 	r := &Redis{
 		client:   client,
 		limit:    limit,

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"sync"
 )
 
@@ -29,9 +30,9 @@ var callPool = sync.Pool{New: func() any { return &call{done: make(chan bool, 1)
 // goroutine of its own. A caller finding fewer than maxInflight calls on the
 // wire sends its decision, with whatever is pending, itself. Otherwise it
 // waits in line; the caller whose call returns hands the next batch to the
-// first in line, who carries it. So a call waits at most for one round trip
-// of someone else's batch, and the number of script calls falls as load
-// rises.
+// first in line, who carries it. So under load a call waits for the round
+// trips ahead of it in line (one, until more than maxInflight batches of
+// callers wait), and the number of script calls falls as load rises.
 type batcher struct {
 	r   *Redis
 	max int
@@ -99,8 +100,10 @@ func (b *batcher) leave(c *call) bool {
 	defer b.mu.Unlock()
 	for i, p := range b.pending {
 		if p == c {
-			b.pending = append(b.pending[:i], b.pending[i+1:]...)
-			b.pending = b.pending[:len(b.pending):len(b.pending)]
+			last := len(b.pending) - 1
+			copy(b.pending[i:], b.pending[i+1:])
+			b.pending[last] = nil
+			b.pending = b.pending[:last]
 			return true
 		}
 	}
@@ -111,7 +114,25 @@ func (b *batcher) leave(c *call) bool {
 // every other member of batch its result. The script call does not inherit
 // the leader's cancellation: the others are waiting on it too.
 func (b *batcher) lead(ctx context.Context, batch []*call, self *call) {
+	defer func() {
+		// A panic in the Redis call (a client hook, say) must not leave
+		// the line stuck: the batch gets an error, the line moves on, and
+		// the panic goes on up in this goroutine.
+		if p := recover(); p != nil {
+			for _, c := range batch {
+				c.err = fmt.Errorf("limiter: panic during the Redis call: %v", p)
+			}
+			b.handOff(batch, self)
+			panic(p)
+		}
+	}()
 	b.r.evalBatch(context.WithoutCancel(ctx), batch)
+	b.handOff(batch, self)
+}
+
+// handOff gives the next batch to the first in line and the members of
+// batch their results.
+func (b *batcher) handOff(batch []*call, self *call) {
 	b.mu.Lock()
 	next := b.takeLocked(nil)
 	if len(next) == 0 {

@@ -358,6 +358,9 @@ func TestNewRedisValidates(t *testing.T) {
 		{"zero retry", c, limiter.PerSecond(1, 1), []limiter.RedisOption{limiter.WithRetryInterval(0)}, "WithRetryInterval"},
 		{"share 0", c, limiter.PerSecond(1, 1), []limiter.RedisOption{limiter.WithOutagePolicy(limiter.FallbackLocal(0))}, "FallbackLocal"},
 		{"share 2", c, limiter.PerSecond(1, 1), []limiter.RedisOption{limiter.WithOutagePolicy(limiter.FallbackLocal(2))}, "FallbackLocal"},
+		{"nil option", c, limiter.PerSecond(1, 1), []limiter.RedisOption{nil}, "opts"},
+		{"bucket lasting centuries", c, limiter.PerMinute(1, 1<<30), nil, "Limit.Burst"},
+		{"zero max batch", c, limiter.PerSecond(1, 1), []limiter.RedisOption{limiter.WithMaxBatch(0)}, "WithMaxBatch"},
 	} {
 		_, err := limiter.NewRedis(tc.client, tc.limit, tc.opts...)
 		if !errors.Is(err, limiter.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.field) {
