@@ -77,6 +77,12 @@ func (e *finalError) Is(target error) bool { return target == ErrFinal }
 // its provider; one in which the caller's deadline expired is, as for
 // [Breaker], since the provider did not answer in the caller's time.
 //
+// A failure is not proof that nothing happened: a payment that timed out
+// or got a 5xx may still have gone through at the primary. Fail a
+// non-idempotent call over only with an idempotency key the providers
+// honour (the order number), or return such errors as final and settle the
+// payment's state out of band.
+//
 // [WithAttemptTimeout] bounds each attempt within the caller's context, so
 // that a hanging primary leaves time for the backup. [WithHedge] asks the
 // next provider too when one is slow, for idempotent calls.

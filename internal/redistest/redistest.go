@@ -165,11 +165,11 @@ func start() (*Server, error) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "bulwark-redis-")
+	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	dir, err := os.MkdirTemp("", "bulwark-redis-")
 	if err != nil {
 		return nil, err
 	}
