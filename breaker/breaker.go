@@ -186,10 +186,8 @@ type Breaker[T any] struct {
 	// probes counts the half-open calls admitted by Allow and not yet done,
 	// in the current state.
 	probes atomic.Int32
-	// gen numbers the gobreaker instances (Reset makes a new one): the
-	// changes of a replaced one are ignored. seq counts changes of state,
-	// so Allow can tell that its call belongs to an earlier state.
-	gen atomic.Uint64
+	// seq counts changes of state, so Allow can tell that its call
+	// belongs to an earlier state.
 	seq atomic.Uint64
 
 	// openUntil is when the open breaker lets probes through, in ns since
@@ -260,7 +258,9 @@ func (b *Breaker[T]) newGobreaker() *gobreaker.CircuitBreaker[T] {
 		timeout += time.Duration(rand.Float64() * b.cfg.jitter * float64(timeout))
 	}
 	b.timeout.Store(int64(timeout))
-	gen := b.gen.Add(1)
+	// The changes of a gobreaker that Reset has replaced are ignored,
+	// however replacements overlap: only the one in use reports.
+	var self *gobreaker.CircuitBreaker[T]
 	s := gobreaker.Settings{
 		Name:        b.name,
 		MaxRequests: uint32(b.cfg.probes),
@@ -268,7 +268,7 @@ func (b *Breaker[T]) newGobreaker() *gobreaker.CircuitBreaker[T] {
 		ReadyToTrip: func(c gobreaker.Counts) bool { return b.trip.readyToTrip(c) },
 		// Runs under gobreaker's lock: it only queues the change.
 		OnStateChange: func(_ string, from, to gobreaker.State) {
-			if b.gen.Load() != gen {
+			if b.cb.Load() != self {
 				return // a call finishing on a gobreaker that Reset replaced
 			}
 			b.seq.Add(1)
@@ -286,7 +286,8 @@ func (b *Breaker[T]) newGobreaker() *gobreaker.CircuitBreaker[T] {
 		IsExcluded:   func(err error) bool { return err == errIgnored },
 	}
 	b.cfg.policy.configure(&s)
-	return gobreaker.NewCircuitBreaker[T](s)
+	self = gobreaker.NewCircuitBreaker[T](s)
+	return self
 }
 
 // Markers that carry a call's outcome into gobreaker, whose IsSuccessful and
@@ -562,6 +563,7 @@ func (b *Breaker[T]) Reset() {
 	b.probes.Store(0)
 	b.openUntil.Store(0)
 	if b.shared != nil {
+		b.shared.newEpoch()
 		b.shared.remote.Store(false)
 	}
 	b.trip.reset()

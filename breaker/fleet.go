@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,9 +92,10 @@ func WithFleetPrefix(prefix string) FleetOption {
 // fleetMsg is one change to publish: kind "open" (with how long) or
 // "closed", for the breakers called name.
 type fleetMsg struct {
-	name string
-	open bool
-	ttl  time.Duration
+	name    string
+	open    bool
+	ttl     time.Duration
+	release bool // give up this instance's claim on the probe
 }
 
 // NewFleet subscribes to the fleet's channel on client (a single node,
@@ -144,6 +146,7 @@ func (f *Fleet) Close() error {
 		return nil
 	}
 	f.mu.Unlock()
+	f.healthy.Store(false)
 	f.cancel()
 	err := f.ps.Close()
 	f.wg.Wait()
@@ -171,20 +174,37 @@ type fleetLink struct {
 	name  string
 	// remote is set while the fleet holds the breaker open or half-open:
 	// after the open timeout its calls wait for the fleet's probe.
-	remote  atomic.Bool
-	probing atomic.Bool // this instance is sending the fleet's probe
-	// timeout is the breaker's open timeout, used when this instance opens
-	// the fleet after a failed probe.
-	timeout func() time.Duration
+	remote atomic.Bool
+	// epoch counts the fleet's episodes as this instance sees them (each
+	// open, close and Reset starts one); probing holds epoch+1 of the
+	// episode whose probe this instance is sending, 0 when none. An outcome
+	// from an earlier episode is dropped, and a probe that never ends holds
+	// the slot only for its own episode.
+	epoch   atomic.Uint64
+	probing atomic.Uint64
 	// open and closed apply a change heard from another instance.
 	open   func(ttl time.Duration)
 	closed func()
+}
+
+func (l *fleetLink) newEpoch() {
+	l.epoch.Add(1)
+	l.probing.Store(0)
+}
+
+// takeProbe reserves this instance's probe of the current episode.
+func (l *fleetLink) takeProbe() (token uint64, ok bool) {
+	token = l.epoch.Load() + 1
+	return token, l.probing.CompareAndSwap(0, token)
 }
 
 func (f *Fleet) register(l *fleetLink) {
 	f.mu.Lock()
 	f.members[l.name] = append(f.members[l.name], weak.Make(l))
 	f.mu.Unlock()
+	// Forget the name once its breakers are gone, so resubscribing does not
+	// read the state of breakers that no longer exist.
+	runtime.AddCleanup(l, func(name string) { f.links(name) }, l.name)
 	// A breaker made while the fleet is open must learn it; New does not
 	// wait for Redis, the Fleet reads it in a goroutine of its own.
 	f.mu.Lock()
@@ -262,6 +282,10 @@ func (f *Fleet) publish() {
 // send writes the state key and publishes the change. Errors are dropped:
 // without Redis each instance is its own breaker.
 func (f *Fleet) send(ctx context.Context, m fleetMsg) {
+	if m.release {
+		_ = releaseProbe.Run(ctx, f.client, []string{f.probeKey(m.name)}, f.id).Err()
+		return
+	}
 	kind, ttl := "closed", time.Minute
 	if m.open {
 		kind, ttl = "open", m.ttl
@@ -378,46 +402,82 @@ func (f *Fleet) resyncNames(ctx context.Context, names []string) {
 	}
 }
 
+// claimProbe takes a probe's claim when no instance holds it, or keeps it
+// when this instance does. KEYS: the claim. ARGV: instance, ttl ms.
+var claimProbe = redis.NewScript(`
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+`)
+
+// releaseProbe gives up a claim if this instance holds it.
+var releaseProbe = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
 // claimProbe asks the fleet for the right to send the probe of name. When
-// Redis cannot answer, or the subscription is known to be down, the
-// instance probes on its own without waiting.
+// the Fleet is closed, the subscription is known to be down, or Redis
+// cannot answer, the instance probes on its own without waiting; a caller
+// whose context ends while asking does not probe.
 func (f *Fleet) claimProbe(ctx context.Context, name string, ttl time.Duration) bool {
-	if !f.healthy.Load() {
+	if f.closed.Load() || !f.healthy.Load() {
 		return true
 	}
-	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
-	ok, err := f.client.SetNX(ctx, f.probeKey(name), f.id, ttl).Result()
-	return ok || err != nil
+	won, err := claimProbe.Run(rctx, f.client, []string{f.probeKey(name)}, f.id, max(ttl.Milliseconds(), 1)).Int()
+	if err != nil {
+		return ctx.Err() == nil // Redis failed, not the caller
+	}
+	return won == 1
 }
 
 // joinFleet ties b to f: its own trips are announced, and changes heard
 // from the fleet are applied to it.
 func (b *Breaker[T]) joinFleet(f *Fleet) {
 	l := &fleetLink{fleet: f, name: b.name}
-	l.open = func(ttl time.Duration) { b.fleetChange(func() { l.remote.Store(true); b.holdOpen(int64(ttl)) }) }
+	l.open = func(ttl time.Duration) {
+		b.fleetChange(func() {
+			l.newEpoch()
+			l.remote.Store(true)
+			b.holdOpen(int64(ttl))
+		})
+	}
 	l.closed = func() {
 		b.fleetChange(func() {
+			l.newEpoch()
 			l.remote.Store(false)
 			b.openUntil.Store(0)
-			// Another instance's probe succeeded: a breaker this instance
-			// tripped itself closes too, without waiting to probe again.
-			if b.cb.Load().State() != gobreaker.StateClosed {
-				b.cb.Store(b.newGobreaker())
-				b.seq.Add(1)
-				b.probes.Store(0)
-				b.trip.reset()
-			}
+			b.closeLocally()
 		})
 	}
 	b.shared = l
 	b.events.listeners = append(b.events.listeners, func(c StateChange) {
 		if c.local && c.To == StateOpen {
+			l.newEpoch()
 			l.remote.Store(true)
 			f.announce(fleetMsg{name: b.name, open: true, ttl: time.Duration(b.timeout.Load())})
 		}
 	})
 	f.register(l)
+}
+
+// closeLocally closes this instance's own gobreaker once the fleet's probe
+// succeeded, so that a breaker it tripped itself (or one that needs
+// several probes) does not wait for probes of its own.
+func (b *Breaker[T]) closeLocally() {
+	if b.cb.Load().State() != gobreaker.StateClosed {
+		b.cb.Store(b.newGobreaker())
+		b.seq.Add(1)
+		b.probes.Store(0)
+		b.trip.reset()
+	}
 }
 
 // fleetChange applies a change of fleet state and tells the listeners.
@@ -436,45 +496,69 @@ func (b *Breaker[T]) fleetChange(apply func()) {
 func (b *Breaker[T]) probeFleet(ctx context.Context, fn func(context.Context) (T, error)) (T, error) {
 	var zero T
 	l := b.shared
-	if !l.probing.CompareAndSwap(false, true) {
+	token, ok := l.takeProbe()
+	if !ok {
 		b.metrics.call(ctx, outcomeRejected)
 		return zero, b.rejectHalfOpen
 	}
-	defer l.probing.Store(false)
-	timeout := time.Duration(b.timeout.Load())
-	if l.remote.Load() && !l.fleet.claimProbe(ctx, b.name, timeout) {
+	if !l.fleet.claimProbe(ctx, b.name, time.Duration(b.timeout.Load())) {
+		l.probing.CompareAndSwap(token, 0)
 		b.metrics.call(ctx, outcomeRejected)
 		return zero, b.rejectHalfOpen
 	}
+	settled := false
+	defer func() {
+		if !settled { // fn panicked
+			b.probed(token, int(Ignored))
+		}
+	}()
 	v, err, out := b.run(ctx, fn)
-	b.probed(out)
+	settled = true
+	b.probed(token, out)
 	return v, err
 }
 
-// probed shares the outcome of the fleet's probe: success closes every
-// instance's breaker, failure opens them again.
-func (b *Breaker[T]) probed(out int) {
+// probed shares the outcome of the fleet's probe of the episode token
+// belongs to: success closes every instance's breaker, failure opens them
+// again. An outcome that says nothing (the caller cancelled, the local
+// breaker rejected the call) gives the claim up for the next call; one
+// from an earlier episode is dropped.
+func (b *Breaker[T]) probed(token uint64, out int) {
 	l := b.shared
+	defer l.probing.CompareAndSwap(token, 0)
+	if l.epoch.Load()+1 != token {
+		return
+	}
 	timeout := time.Duration(b.timeout.Load())
 	switch out {
 	case int(Success):
-		b.fleetChange(func() { l.remote.Store(false) })
+		b.fleetChange(func() {
+			l.newEpoch()
+			l.remote.Store(false)
+			b.closeLocally()
+		})
 		l.fleet.announce(fleetMsg{name: b.name})
 	case int(Failure):
-		b.fleetChange(func() { b.holdOpen(int64(timeout)) })
+		b.fleetChange(func() {
+			l.newEpoch()
+			b.holdOpen(int64(timeout))
+		})
 		l.fleet.announce(fleetMsg{name: b.name, open: true, ttl: timeout})
+	default:
+		l.fleet.announce(fleetMsg{name: b.name, release: true})
 	}
 }
 
 // allowFleetProbe is Allow while the fleet's breaker is half-open.
 func (b *Breaker[T]) allowFleetProbe(ctx context.Context) (func(error), error) {
 	l := b.shared
-	if !l.probing.CompareAndSwap(false, true) {
+	token, ok := l.takeProbe()
+	if !ok {
 		b.metrics.call(ctx, outcomeRejected)
 		return nil, b.rejectHalfOpen
 	}
 	if !l.fleet.claimProbe(ctx, b.name, time.Duration(b.timeout.Load())) {
-		l.probing.Store(false)
+		l.probing.CompareAndSwap(token, 0)
 		b.metrics.call(ctx, outcomeRejected)
 		return nil, b.rejectHalfOpen
 	}
@@ -485,10 +569,9 @@ func (b *Breaker[T]) allowFleetProbe(ctx context.Context) (func(error), error) {
 	var once sync.Once
 	return func(err error) {
 		once.Do(func() {
-			defer l.probing.Store(false)
 			out, _ := b.outcome(ctx, err, start)
 			b.metrics.call(ctx, int(out))
-			b.probed(int(out))
+			b.probed(token, int(out))
 		})
 	}, nil
 }
