@@ -25,7 +25,7 @@ import (
 // all close.
 //
 // Redis carries only changes of state, never the calls: a closed breaker's
-// calls touch neither Redis nor a lock, as without a Fleet. A change is
+// calls never touch Redis and cost what they cost without a Fleet. A change is
 // published on a channel (the others hear it within milliseconds) and kept
 // in a key that expires with the open timeout, which an instance reads when
 // it (re)subscribes, so one that joins late or lost its connection learns
