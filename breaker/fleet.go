@@ -494,17 +494,10 @@ func (b *Breaker[T]) fleetChange(apply func()) {
 // instance, the one that claims the probe in Redis, makes the call; its
 // outcome closes or reopens every instance's breaker.
 func (b *Breaker[T]) probeFleet(ctx context.Context, fn func(context.Context) (T, error)) (T, error) {
-	var zero T
-	l := b.shared
-	token, ok := l.takeProbe()
-	if !ok {
-		b.metrics.call(ctx, outcomeRejected)
-		return zero, b.rejectHalfOpen
-	}
-	if !l.fleet.claimProbe(ctx, b.name, time.Duration(b.timeout.Load())) {
-		l.probing.CompareAndSwap(token, 0)
-		b.metrics.call(ctx, outcomeRejected)
-		return zero, b.rejectHalfOpen
+	token, err := b.claimFleetProbe(ctx)
+	if err != nil {
+		var zero T
+		return zero, err
 	}
 	settled := false
 	defer func() {
@@ -549,18 +542,27 @@ func (b *Breaker[T]) probed(token uint64, out int) {
 	}
 }
 
-// allowFleetProbe is Allow while the fleet's breaker is half-open.
-func (b *Breaker[T]) allowFleetProbe(ctx context.Context) (func(error), error) {
+// claimFleetProbe takes this instance's probe slot and the fleet's claim,
+// or rejects the call as a half-open breaker does.
+func (b *Breaker[T]) claimFleetProbe(ctx context.Context) (token uint64, err error) {
 	l := b.shared
 	token, ok := l.takeProbe()
+	if ok && !l.fleet.claimProbe(ctx, b.name, time.Duration(b.timeout.Load())) {
+		l.probing.CompareAndSwap(token, 0)
+		ok = false
+	}
 	if !ok {
 		b.metrics.call(ctx, outcomeRejected)
-		return nil, b.rejectHalfOpen
+		return 0, b.rejectHalfOpen
 	}
-	if !l.fleet.claimProbe(ctx, b.name, time.Duration(b.timeout.Load())) {
-		l.probing.CompareAndSwap(token, 0)
-		b.metrics.call(ctx, outcomeRejected)
-		return nil, b.rejectHalfOpen
+	return token, nil
+}
+
+// allowFleetProbe is Allow while the fleet's breaker is half-open.
+func (b *Breaker[T]) allowFleetProbe(ctx context.Context) (func(error), error) {
+	token, err := b.claimFleetProbe(ctx)
+	if err != nil {
+		return nil, err
 	}
 	var start time.Time
 	if b.slow > 0 {

@@ -30,6 +30,17 @@ func newInstance(t *testing.T, addr, prefix string) *breaker.Fleet {
 	return f
 }
 
+// fleetPair returns breakers named "pay" on two instances sharing a Redis,
+// tripped by one failure and open for timeout.
+func fleetPair(t *testing.T, timeout time.Duration) (a, b *breaker.Breaker[int]) {
+	t.Helper()
+	addr, prefix := redistest.Addr(t), redistest.Prefix(t)
+	opts := []breaker.Option{breaker.WithTripPolicy(breaker.ConsecutiveFailures(1)), breaker.WithOpenTimeout(timeout)}
+	a = breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
+	b = breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
+	return a, b
+}
+
 // waitState polls until b is in state want and returns how long it took.
 func waitState(t *testing.T, b *breaker.Breaker[int], want breaker.State, limit time.Duration) time.Duration {
 	t.Helper()
@@ -71,11 +82,8 @@ func TestFleetTripsTogether(t *testing.T) {
 // After the open timeout one instance sends the probe for the fleet; its
 // success closes every instance's breaker.
 func TestFleetProbesOnce(t *testing.T) {
-	addr, prefix := redistest.Addr(t), redistest.Prefix(t)
 	const timeout = 300 * time.Millisecond
-	opts := []breaker.Option{breaker.WithTripPolicy(breaker.ConsecutiveFailures(1)), breaker.WithOpenTimeout(timeout)}
-	a := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
-	b := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
+	a, b := fleetPair(t, timeout)
 
 	run(t, a, fail, 1)
 	waitState(t, b, breaker.StateOpen, time.Second)
@@ -124,11 +132,8 @@ func TestFleetProbesOnce(t *testing.T) {
 // When another instance's probe succeeds, the instance that tripped closes
 // too, without probing again.
 func TestFleetProbeElsewhereClosesAll(t *testing.T) {
-	addr, prefix := redistest.Addr(t), redistest.Prefix(t)
 	const timeout = 200 * time.Millisecond
-	opts := []breaker.Option{breaker.WithTripPolicy(breaker.ConsecutiveFailures(1)), breaker.WithOpenTimeout(timeout)}
-	a := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
-	b := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
+	a, b := fleetPair(t, timeout)
 	run(t, a, fail, 1)
 	waitState(t, b, breaker.StateOpen, time.Second)
 	time.Sleep(timeout + 50*time.Millisecond)

@@ -14,11 +14,8 @@ import (
 // expired and another instance's probe failed and reopened the fleet) must
 // not close every instance with its stale success.
 func TestRegressionFleetLateAllowDoneIsDropped(t *testing.T) {
-	addr, prefix := redistest.Addr(t), redistest.Prefix(t)
 	const timeout = 300 * time.Millisecond
-	opts := []breaker.Option{breaker.WithTripPolicy(breaker.ConsecutiveFailures(1)), breaker.WithOpenTimeout(timeout)}
-	a := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
-	b := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
+	a, b := fleetPair(t, timeout)
 	run(t, a, fail, 1)
 	waitState(t, b, breaker.StateOpen, time.Second)
 	time.Sleep(timeout + 50*time.Millisecond)
@@ -69,11 +66,8 @@ func TestRegressionFleetHungAllowProbeEndsWithReset(t *testing.T) {
 // A probe whose caller cancelled is Ignored and gives its claim up, so the
 // next call, on any instance, can probe without waiting for it to expire.
 func TestRegressionFleetIgnoredProbeReleasesClaim(t *testing.T) {
-	addr, prefix := redistest.Addr(t), redistest.Prefix(t)
 	const timeout = 2 * time.Second
-	opts := []breaker.Option{breaker.WithTripPolicy(breaker.ConsecutiveFailures(1)), breaker.WithOpenTimeout(timeout)}
-	a := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
-	b := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
+	a, b := fleetPair(t, timeout)
 	run(t, a, fail, 1)
 	waitState(t, b, breaker.StateOpen, time.Second)
 	time.Sleep(timeout + 50*time.Millisecond)
