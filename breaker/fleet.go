@@ -67,8 +67,6 @@ type Fleet struct {
 	// healthy is false from a failure of the subscription until it is
 	// made again; meanwhile probes are not claimed in Redis.
 	healthy atomic.Bool
-	// resyncs counts completed reads of the fleet's state, for tests.
-	resyncs atomic.Int64
 }
 
 // FleetOption configures a [Fleet].
@@ -367,7 +365,6 @@ func (f *Fleet) heard(payload string) {
 
 // resyncNames reads the fleet's state of names and applies it.
 func (f *Fleet) resyncNames(ctx context.Context, names []string) {
-	defer f.resyncs.Add(1)
 	for len(names) > 0 {
 		chunk := names[:min(len(names), 256)]
 		names = names[len(chunk):]

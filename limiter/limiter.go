@@ -51,14 +51,6 @@ func (l Limit) Interval() time.Duration {
 	return l.Period / time.Duration(l.Rate)
 }
 
-// PerSecondRate is the limit as events per second.
-func (l Limit) PerSecondRate() float64 {
-	if l.Period <= 0 {
-		return 0
-	}
-	return float64(l.Rate) / l.Period.Seconds()
-}
-
 // String formats the limit as "10/1s burst 20".
 func (l Limit) String() string {
 	return strconv.Itoa(l.Rate) + "/" + l.Period.String() + " burst " + strconv.Itoa(l.Burst)
