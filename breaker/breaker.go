@@ -310,6 +310,12 @@ func (b *Breaker[T]) State() State {
 	return s
 }
 
+// Ready reports whether the breaker would let a call through now: it is
+// closed or half-open. It suits anything that should hold back while a
+// dependency is down, such as the gate of a queue.Buffer, which pauses
+// delivery while the breaker in front of the payment provider is open.
+func (b *Breaker[T]) Ready() bool { return b.State() != StateOpen }
+
 // peekState is State without delivering queued changes, for the metrics
 // callback, which should not run listeners.
 func (b *Breaker[T]) peekState() State {

@@ -339,9 +339,15 @@ func TestManualControl(t *testing.T) {
 		breaker.WithListener(func(c breaker.StateChange) { changes = append(changes, c.From.String()+">"+c.To.String()) }))
 	ctx := context.Background()
 
+	if !b.Ready() {
+		t.Fatal("a new breaker is not ready")
+	}
 	b.ForceOpen()
 	if _, err := b.Execute(ctx, ok); !errors.Is(err, breaker.ErrOpen) || b.State() != breaker.StateOpen {
 		t.Fatalf("forced open: %v, %v", err, b.State())
+	}
+	if b.Ready() {
+		t.Fatal("an open breaker is ready")
 	}
 	if _, err := b.Allow(ctx); !errors.Is(err, breaker.ErrOpen) {
 		t.Fatalf("forced open Allow: %v", err)
