@@ -70,8 +70,12 @@
 // by INCR; one Lua script, on Redis' clock, advances the line at the rate,
 // skipping expired tickets, every time any instance looks at it. Callers
 // blocked in Wait are woken by one poller per Room, which runs at the next
-// admission instant, not by each waiter polling Redis. Every instance of
-// a room must be given the same options: each script applies those of the
+// admission instant, not by each waiter polling Redis. After a refusal an
+// instance refuses from memory, without a round trip, for as long as the
+// line cannot have moved enough at the configured rate to take another
+// caller (at most a second), so a crowd hammering a full room costs Redis
+// little; someone leaving the line in that time is noticed on the next
+// call after it. Every instance of a room must be given the same options: each script applies those of the
 // instance that runs it. When Redis cannot be reached, Wait, Join, Status,
 // Leave and Done fail with an error matching [ErrUnavailable] (the HTTP
 // handlers answer 503); callers already waiting keep waiting until their

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -174,20 +175,21 @@ admit()
 // ARGV after the common ones: max length, reject long (0/1), max wait µs,
 // held (0/1), the ID's random part.
 //
-// Reply: code (0 in line, 1 admitted, -1 full, -2 too long), seq, position,
-// head wait µs, outflow in millionths, expired, 1 if admission waits for an
-// active slot.
+// Reply: code (0 in line, 1 admitted, -1 full, -2 too long), seq, position
+// (for -1 and -2: the line's length), head wait µs (for -2: by how much the
+// estimated wait exceeds the maximum, µs), outflow in millionths, expired,
+// 1 if admission waits for an active slot.
 var roomJoin = redis.NewScript(roomAdvance + `
 local maxLength = tonumber(ARGV[8])
 local maxWait = tonumber(ARGV[10])
 if lineLen >= maxLength then
   save()
-  return {-1, 0, 0, 0, 0, expired, 0}
+  return {-1, 0, lineLen, 0, 0, expired, 0}
 end
 local eta = math.min(headWait() + lineLen / math.max(outflow(), 1e-9) * 1000000, 86400000000)
 if ARGV[9] == '1' and eta > maxWait then
   save()
-  return {-2, 0, 0, 0, 0, expired, 0}
+  return {-2, 0, lineLen, math.floor(eta - maxWait), 0, expired, 0}
 end
 local seq = redis.call('INCR', kSeq)
 if seq == 1 then
@@ -453,6 +455,12 @@ type redisRoom struct {
 	// for timers alone.
 	sleeper *preciseSleeper
 
+	// Until when (ns since epoch) join refuses without asking Redis,
+	// because the line was full or its wait too long: a bound the line
+	// cannot have moved past at the configured rate.
+	epoch                time.Time
+	fullUntil, longUntil atomic.Int64
+
 	mu      sync.Mutex
 	closed  bool
 	running bool                    // a poller goroutine is running
@@ -499,6 +507,7 @@ func newRedisRoom(r *Room) (*redisRoom, error) {
 		refreshEvery: max(c.ticketTTL/4, time.Millisecond),
 		wake:         make(chan struct{}, 1),
 		held:         make(map[string]*redisWaiter),
+		epoch:        time.Now(),
 	}
 	b.maxSleep = min(pollMaxSleep, b.refreshEvery)
 	if intervalUS*int64(time.Microsecond) < preciseBelow {
@@ -545,6 +554,13 @@ func (b *redisRoom) admitIn(headUS, ahead int64) time.Duration {
 
 func (b *redisRoom) join(ctx context.Context, held bool) (Ticket, any, error) {
 	cfg := &b.r.cfg
+	// A crowd at a full room is refused here, without a round trip,
+	// for as long as the last refusal must still hold.
+	if mono := int64(time.Since(b.epoch)); mono < b.fullUntil.Load() {
+		return Ticket{}, nil, ErrFull
+	} else if cfg.rejectLong && mono < b.longUntil.Load() {
+		return Ticket{}, nil, ErrWaitTooLong
+	}
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	suffix := hex.EncodeToString(rnd[:])
@@ -559,8 +575,13 @@ func (b *redisRoom) join(ctx context.Context, held bool) (Ticket, any, error) {
 	b.lost(ctx, v[5])
 	switch v[0] {
 	case -1:
+		// The line cannot take another caller before the rate has
+		// admitted the surplus, unless someone leaves.
+		b.refuseFor(&b.fullUntil, time.Duration(v[2]-int64(cfg.maxLength)+1)*b.interval)
 		return Ticket{}, nil, ErrFull
 	case -2:
+		// Nor can the estimate fall faster than time passes.
+		b.refuseFor(&b.longUntil, time.Duration(v[3])*time.Microsecond)
 		return Ticket{}, nil, ErrWaitTooLong
 	}
 	now := time.Now()
@@ -691,6 +712,25 @@ func (b *redisRoom) await(ctx context.Context, _ Ticket, h any) (Ticket, any, er
 	b.mu.Unlock()
 	return b.admitted(w)
 }
+
+// refuseFor makes join refuse at once for d (at most refuseMemory) from
+// now, by the clock of b.epoch.
+func (b *redisRoom) refuseFor(until *atomic.Int64, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := int64(time.Since(b.epoch) + min(d, refuseMemory))
+	for {
+		old := until.Load()
+		if old >= t || until.CompareAndSwap(old, t) {
+			return
+		}
+	}
+}
+
+// refuseMemory bounds how long an instance refuses on the strength of one
+// answer from Redis.
+const refuseMemory = time.Second
 
 // admitted is await's answer for an admitted caller.
 func (b *redisRoom) admitted(w *redisWaiter) (Ticket, any, error) {

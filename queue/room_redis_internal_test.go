@@ -273,3 +273,35 @@ func TestRedisRoomCounterLostWithoutTheLine(t *testing.T) {
 		t.Fatalf("ticket %+v after %s, want a later number at the back", tk, last.ID)
 	}
 }
+
+func TestRedisRoomRefusesFromMemoryWhileSurelyFull(t *testing.T) {
+	srv := redistest.StartServer(t)
+	client := redistest.NewClient(t, srv.Addr)
+	r, err := NewRoom("sale", 1, WithRedis(client), WithKeyPrefix(redistest.Prefix(t)),
+		WithMaxLength(2), WithRejectTooLong(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx := t.Context()
+	for range 3 { // one admitted at once, two in line
+		if _, err := r.Join(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Join(ctx); !errors.Is(err, ErrFull) {
+		t.Fatalf("join to a full line: %v", err)
+	}
+	// For the next second the line cannot have room (one admission a
+	// second), so the refusal needs no Redis: with Redis gone it is still
+	// ErrFull, not ErrUnavailable.
+	srv.Kill()
+	if _, err := r.Join(ctx); !errors.Is(err, ErrFull) {
+		t.Fatalf("join while surely full, Redis down: %v, want ErrFull", err)
+	}
+	b := r.b.(*redisRoom)
+	b.fullUntil.Store(0)
+	if _, err := r.Join(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("join once the refusal is forgotten, Redis down: %v, want ErrUnavailable", err)
+	}
+}
