@@ -74,15 +74,14 @@ func ExampleBuffer_Redrive() {
 	}
 	fixed := make(chan bool, 1)
 	fixed <- false
-	done := make(chan struct{})
+	charged := make(chan string)
 	go orders.Run(ctx, func(ctx context.Context, m queue.Message) error {
 		ok := <-fixed
 		fixed <- ok
 		if !ok {
 			return fmt.Errorf("card declined (attempt %d)", m.Attempt)
 		}
-		fmt.Println("charged", m.Key, "on attempt", m.Attempt)
-		close(done)
+		charged <- fmt.Sprint("charged ", m.Key, " on attempt ", m.Attempt)
 		return nil
 	})
 
@@ -104,7 +103,7 @@ func ExampleBuffer_Redrive() {
 		log.Fatal(err)
 	}
 	fmt.Println("redriven:", n)
-	<-done
+	fmt.Println(<-charged)
 	// Output:
 	// dead letter: order-7 after 2 attempts: card declined (attempt 2)
 	// redriven: 1
