@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -59,8 +60,8 @@ func (c *bufferConfig) validate() error {
 		return configError(c.nilField, "must not be nil", nil)
 	case c.consumerSet && c.consumer == "":
 		return configError("WithConsumer", "must not be empty", `""`)
-	case c.concurrency < 1:
-		return configError("WithConcurrency", "must be at least 1", c.concurrency)
+	case c.concurrency < 1 || c.concurrency > maxConcurrency:
+		return configError("WithConcurrency", "must be between 1 and "+strconv.Itoa(maxConcurrency), c.concurrency)
 	case c.maxAttempts < 1:
 		return configError("WithMaxAttempts", "must be at least 1", c.maxAttempts)
 	case c.backoffBase <= 0:
@@ -89,6 +90,10 @@ func defaultConsumer() string {
 	return fmt.Sprintf("%s-%d-%06x", host, os.Getpid(), rand.Uint32()&0xffffff)
 }
 
+// maxConcurrency bounds WithConcurrency: one consumer's leases are renewed
+// together, and a Lua script handles a bounded number of entries at once.
+const maxConcurrency = 4096
+
 // WithConsumer names the buffer's consumer. The default, host-pid-random,
 // is unique per Buffer. A fixed name (a pod name) is fine too, as long as no
 // two live Buffers share it: a restarted instance then finds its
@@ -100,9 +105,10 @@ func WithConsumer(name string) BufferOption {
 	})
 }
 
-// WithConcurrency sets how many handlers run at once in [Buffer.Run]. The
-// default is 4. A Buffer takes only as many messages as it has idle
-// handlers, so none waits in a consumer while others could take it.
+// WithConcurrency sets how many handlers run at once in [Buffer.Run], at
+// most 4096 (for more, run more Buffers). The default is 4. A Buffer takes
+// only as many messages as it has idle handlers, so none waits in a
+// consumer while others could take it.
 func WithConcurrency(n int) BufferOption {
 	return bufferOptionFunc(func(c *bufferConfig) { c.concurrency = n })
 }

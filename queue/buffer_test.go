@@ -776,6 +776,7 @@ func TestNewBufferRejectsBadConfig(t *testing.T) {
 		{"WithBufferPollInterval", queue.WithBufferPollInterval(0)},
 		{"WithHandlerTimeout", queue.WithHandlerTimeout(-time.Second)},
 		{"WithMaxDepth", queue.WithMaxDepth(-1)},
+		{"WithConcurrency", queue.WithConcurrency(5000)},
 		{"WithGate", queue.WithGate(nil)},
 		{"WithDeferIf", queue.WithDeferIf(nil)},
 	} {

@@ -79,8 +79,9 @@
 // instance that runs it. When Redis cannot be reached, Wait, Join, Status,
 // Leave and Done fail with an error matching [ErrUnavailable] (the HTTP
 // handlers answer 503); callers already waiting keep waiting until their
-// own deadline, and their tickets expire if the outage outlasts the ticket
-// TTL.
+// own deadline. A waiting caller whose ticket was lost from Redis (an
+// outage longer than the ticket TTL, a failover to a replica that lacked
+// it) gets an error matching both ErrUnavailable and ErrTicketExpired.
 //
 // # The durable buffer
 //

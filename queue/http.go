@@ -83,7 +83,8 @@ func WithRefusalHandler(h func(w http.ResponseWriter, r *http.Request, err error
 // WithCookie sets the attributes of the cookies the handlers set (Path,
 // Domain, Secure, SameSite; Name, Value and Expires are the handlers'). The
 // default is Path "/", HttpOnly, SameSite Lax, and Secure when the request
-// came over TLS.
+// came over TLS. Behind a proxy that terminates TLS, set Secure here: the
+// request the handlers see then came over plain HTTP.
 func WithCookie(template http.Cookie) HTTPOption {
 	return httpOptionFunc(func(c *httpConfig) { c.cookie = template })
 }
@@ -109,6 +110,9 @@ var defaultMessages = map[string]string{
 // codeOf maps an error to its code and HTTP status.
 func codeOf(err error) (string, int) {
 	switch {
+	case errors.Is(err, ErrUnavailable):
+		// First: a store failure may wrap the error it caused.
+		return "unavailable", http.StatusServiceUnavailable
 	case errors.Is(err, ErrFull):
 		return "queue_full", http.StatusServiceUnavailable
 	case errors.Is(err, ErrWaitTimeout):
@@ -289,7 +293,7 @@ func TicketMiddleware(room *Room, opts ...HTTPOption) func(http.Handler) http.Ha
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if tok := fromRequest(r, AdmissionHeader, AdmissionCookie); tok != "" {
-				serveAdmitted(c, room, tok, next, w, r)
+				serveAdmitted(c, room, tok, false, next, w, r)
 				return
 			}
 			ctx := r.Context()
@@ -315,7 +319,7 @@ func TicketMiddleware(room *Room, opts ...HTTPOption) func(http.Handler) http.Ha
 				c.writeTicket(w, r, t)
 				return
 			}
-			serveAdmitted(c, room, t.Token, next, w, r)
+			serveAdmitted(c, room, t.Token, true, next, w, r)
 		})
 	}
 }
@@ -393,18 +397,32 @@ func RequireAdmission(room *Room, opts ...HTTPOption) func(http.Handler) http.Ha
 				c.refuse(w, r, ErrNoToken)
 				return
 			}
-			serveAdmitted(c, room, tok, next, w, r)
+			serveAdmitted(c, room, tok, false, next, w, r)
 		})
 	}
 }
 
 // serveAdmitted redeems tok and serves the request with its claims, ending
-// the admission afterwards.
-func serveAdmitted(c *httpConfig, room *Room, tok string, next http.Handler, w http.ResponseWriter, r *http.Request) {
+// the admission afterwards. live reports that the caller has just seen the
+// admission in the room.
+func serveAdmitted(c *httpConfig, room *Room, tok string, live bool, next http.Handler, w http.ResponseWriter, r *http.Request) {
 	claims, err := room.cfg.signer.Redeem(r.Context(), room.name, tok)
 	if err != nil {
 		c.refuse(w, r, err)
 		return
+	}
+	if !live {
+		// A token outlives nothing: an admission given up with Leave,
+		// ended with Done or lapsed no longer admits, or the holder
+		// would get in beside whoever took its active slot.
+		t, err := room.Status(r.Context(), claims.Ticket)
+		if err == nil && !t.Admitted || errors.Is(err, ErrTicketExpired) && !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("%w: the admission has ended", ErrTokenExpired)
+		}
+		if err != nil {
+			c.refuse(w, r, err)
+			return
+		}
 	}
 	// The admission ends with the request, even if the client is gone.
 	defer room.Done(context.WithoutCancel(r.Context()), claims.Ticket)

@@ -356,3 +356,42 @@ func TestMiddlewareNeedsSigner(t *testing.T) {
 		})
 	}
 }
+
+func TestTokenOfAnEndedAdmissionIsRefused(t *testing.T) {
+	for _, end := range []string{"leave", "done"} {
+		t.Run(end, func(t *testing.T) {
+			r := newRoom(t, 1e6, queue.WithSigner(newSigner(t)), queue.WithMaxActive(1))
+			var (
+				mu     sync.Mutex
+				served int
+			)
+			h := queue.RequireAdmission(r)(okHandler(&served, &mu))
+			ctx := t.Context()
+			a, err := r.Join(ctx)
+			if err != nil || !a.Admitted || a.Token == "" {
+				t.Fatalf("join: %+v %v", a, err)
+			}
+			// The holder ends its admission but keeps the token; the
+			// slot goes to the next user.
+			if end == "leave" {
+				err = r.Leave(ctx, a.ID)
+			} else {
+				err = r.Done(ctx, a.ID)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := r.Join(ctx)
+			if err != nil || !b.Admitted {
+				t.Fatalf("next user: %+v %v", b, err)
+			}
+			rec := (&client{token: a.Token}).do(h, "POST", "/checkout")
+			if rec.Code != http.StatusForbidden || decode[refusalBody](t, rec).Error != "token_expired" {
+				t.Fatalf("token of an ended admission: %d %s", rec.Code, rec.Body)
+			}
+			if rec = (&client{token: b.Token}).do(h, "POST", "/checkout"); rec.Code != 200 || served != 1 {
+				t.Fatalf("the next user's token: %d %s", rec.Code, rec.Body)
+			}
+		})
+	}
+}

@@ -70,8 +70,6 @@ type Ticket struct {
 type Admission struct {
 	// Ticket is the ID of the ticket that was admitted.
 	Ticket string
-	// Token is the signed admission token, if the room has a [Signer].
-	Token string
 	// Waited is how long the caller stood in line.
 	Waited time.Duration
 
@@ -180,7 +178,10 @@ func (r *Room) Rate() float64 { return r.cfg.rate }
 // wait already exceeds the maximum wait (unless [WithRejectTooLong] is
 // false). It returns ErrWaitTimeout after the maximum wait, and ctx's error
 // when ctx ends first; either way the caller's place goes to the next in
-// line. Call [Admission.Done] when the admitted work is finished.
+// line. An admission that came at the same moment as the end of ctx or of
+// the maximum wait is returned rather than wasted. With [WithRedis], a
+// Redis that cannot be reached gives an error matching ErrUnavailable.
+// Call [Admission.Done] when the admitted work is finished.
 func (r *Room) Wait(ctx context.Context) (Admission, error) {
 	if r.closed.Load() {
 		return Admission{}, ErrClosed
@@ -214,7 +215,6 @@ func (r *Room) Wait(ctx context.Context) (Admission, error) {
 	r.tel.admitted(ctx, waited)
 	return Admission{
 		Ticket: t.ID,
-		Token:  t.Token,
 		Waited: waited,
 		done:   &admissionDone{room: r, id: t.ID, held: h},
 	}, nil
@@ -427,7 +427,7 @@ func WithPollInterval(min, max time.Duration) RoomOption {
 }
 
 // WithSigner makes the room sign an admission token for every admitted
-// ticket ([Ticket.Token], [Admission.Token]), to be checked on the
+// ticket from [Room.Join] ([Ticket.Token]), to be checked on the
 // protected endpoint with [RequireAdmission]. The default is no tokens.
 func WithSigner(s *Signer) RoomOption {
 	return roomOptionFunc(func(c *roomConfig) { c.signer = s })

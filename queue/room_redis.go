@@ -706,8 +706,11 @@ func (b *redisRoom) await(ctx context.Context, _ Ticket, h any) (Ticket, any, er
 		}
 		return b.admitted(w)
 	case state == waiterGone:
+		// The ticket vanished from Redis (a failover to a replica
+		// that lacked it, or an outage longer than the ticket TTL):
+		// the store failed the caller, who did nothing wrong.
 		b.mu.Unlock()
-		return Ticket{}, nil, ErrTicketExpired
+		return Ticket{}, nil, fmt.Errorf("%w: the ticket was lost from Redis: %w", ErrUnavailable, ErrTicketExpired)
 	}
 	b.mu.Unlock()
 	return b.admitted(w)
@@ -734,11 +737,7 @@ const refuseMemory = time.Second
 
 // admitted is await's answer for an admitted caller.
 func (b *redisRoom) admitted(w *redisWaiter) (Ticket, any, error) {
-	t := Ticket{ID: w.id, Admitted: true}
-	if s := b.r.cfg.signer; s != nil {
-		t.Token = s.Issue(b.r.name, w.id, time.Now())
-	}
-	return t, w, nil
+	return Ticket{ID: w.id, Admitted: true}, w, nil
 }
 
 // quit takes a Wait caller's ticket out of the line and reports whether

@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -303,5 +305,30 @@ func TestRedisRoomRefusesFromMemoryWhileSurelyFull(t *testing.T) {
 	b.fullUntil.Store(0)
 	if _, err := r.Join(ctx); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("join once the refusal is forgotten, Redis down: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestRedisRoomTicketLostFromRedisIsAStoreFailure(t *testing.T) {
+	r, b := newTestRedisRoom(t, 1000, WithMaxActive(1))
+	ctx := t.Context()
+	a, err := r.Wait(ctx) // holds the only slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Done()
+	rec := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		WaitMiddleware(r)(http.NotFoundHandler()).ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	}()
+	waitUntil(t, "the caller to join", func() bool { s, _ := r.Stats(ctx); return s.Length == 1 })
+	// The line's data is lost (a failover to a replica that lacked it).
+	if err := b.client.Del(ctx, b.keys[1], b.keys[2], b.keys[4]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"unavailable"`) {
+		t.Fatalf("got %d %s, want 503 unavailable", rec.Code, rec.Body)
 	}
 }
