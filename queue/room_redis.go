@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
+	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -286,6 +288,41 @@ end
 admit()
 save()
 return expired
+`)
+
+// roomAbandon takes out the ticket whose ID ends in the given random part,
+// in line or admitted, for a join whose reply was lost. It scans the line
+// and the admissions, so it is for that rare case only.
+//
+// ARGV after the common ones: the ID's random part.
+//
+// Reply: tickets taken out, expired.
+var roomAbandon = redis.NewScript(roomAdvance + `
+local pattern = '*-' .. ARGV[8]
+local found = 0
+for _, key in ipairs({kLine, kAdm}) do
+  local cursor = '0'
+  repeat
+    local page = redis.call('ZSCAN', key, cursor, 'MATCH', pattern, 'COUNT', 1000)
+    cursor = page[1]
+    for i = 1, #page[2], 2 do
+      local id = page[2][i]
+      if redis.call('ZREM', key, id) == 1 then
+        if key == kLine then
+          lineLen = lineLen - 1
+          redis.call('ZREM', kExp, id)
+        else
+          ended(1)
+        end
+        redis.call('HDEL', kTix, id)
+        found = found + 1
+      end
+    end
+  until cursor == '0'
+end
+admit()
+save()
+return {found, expired}
 `)
 
 // roomQuit takes a Wait caller's ticket out of the line, unless it was
@@ -570,6 +607,12 @@ func (b *redisRoom) join(ctx context.Context, held bool) (Ticket, any, error) {
 		err = fmt.Errorf("queue: join script replied %d values", len(v))
 	}
 	if err != nil {
+		if replyLost(err) {
+			// The script may have run: take back the ticket it may
+			// have added, or it would hold a place (and, admitted, an
+			// active slot) until it expires.
+			b.abandon(ctx, suffix)
+		}
 		return Ticket{}, nil, b.fail(ctx, "join", err)
 	}
 	b.lost(ctx, v[5])
@@ -714,6 +757,24 @@ func (b *redisRoom) await(ctx context.Context, _ Ticket, h any) (Ticket, any, er
 	}
 	b.mu.Unlock()
 	return b.admitted(w)
+}
+
+// replyLost reports whether err may have come after Redis ran the
+// command: a timeout or a cancellation, rather than a refused connection.
+func replyLost(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
+}
+
+// abandon takes out of the room the ticket whose ID ends in suffix, if
+// there is one: best effort, with a detached context.
+func (b *redisRoom) abandon(ctx context.Context, suffix string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
+	defer cancel()
+	if res, err := roomAbandon.Run(ctx, b.client, b.keys, b.args(suffix)...).Int64Slice(); err == nil {
+		b.lost(ctx, res[1])
+	}
 }
 
 // refuseFor makes join refuse at once for d (at most refuseMemory) from

@@ -9,10 +9,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bulwarkgo/bulwark/internal/redistest"
+	"github.com/redis/go-redis/v9"
 )
 
 func newTestRedisRoom(t testing.TB, rate float64, opts ...RoomOption) (*Room, *redisRoom) {
@@ -331,4 +333,56 @@ func TestRedisRoomTicketLostFromRedisIsAStoreFailure(t *testing.T) {
 	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"unavailable"`) {
 		t.Fatalf("got %d %s, want 503 unavailable", rec.Code, rec.Body)
 	}
+}
+
+// lostReply runs the next EVAL/EVALSHA but reports a read timeout, as when
+// a reply is lost on the way back.
+type lostReply struct{ armed atomic.Bool }
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout (reply lost)" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+func (h *lostReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *lostReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *lostReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		name := cmd.Name()
+		if err == nil && (name == "eval" || name == "evalsha") && h.armed.CompareAndSwap(true, false) {
+			err = timeoutError{}
+			cmd.SetErr(err)
+		}
+		return err
+	}
+}
+
+func TestRedisRoomJoinWithLostReplyLeavesNoTicket(t *testing.T) {
+	client := redistest.Client(t)
+	hook := &lostReply{}
+	client.AddHook(hook)
+	r, err := NewRoom("ghost", 1000, WithRedis(client), WithKeyPrefix(redistest.Prefix(t)), WithMaxActive(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx := t.Context()
+	hook.armed.Store(true)
+	if _, err := r.Wait(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Wait with a lost reply: %v, want ErrUnavailable", err)
+	}
+	// The ticket the script added (and admitted) was taken back: the next
+	// caller gets the only slot at once.
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	a, err := r.Wait(wctx)
+	if err != nil {
+		s, _ := r.Stats(ctx)
+		t.Fatalf("second Wait: %v (stats %+v)", err, s)
+	}
+	a.Done()
 }
