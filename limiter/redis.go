@@ -14,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/bulwarkgo/bulwark/internal/batch"
 )
 
 // gcra decides a batch of requests in the generic cell rate algorithm. Each
@@ -208,7 +210,7 @@ type Redis struct {
 	fallback                *Local
 	retry                   time.Duration
 	cb                      *gobreaker.CircuitBreaker[[]any]
-	batch                   *batcher // nil: one script call per decision
+	batch                   *batch.Batcher[*call] // nil: one script call per decision
 
 	decisions decisionCounter
 	duration  metric.Float64Histogram
@@ -260,7 +262,7 @@ func NewRedis(client redis.UniversalClient, limit Limit, opts ...RedisOption) (*
 		retry:       c.retryInterval,
 	}
 	if _, single := client.(*redis.Client); single && c.maxBatch > 1 {
-		r.batch = &batcher{r: r, max: c.maxBatch}
+		r.batch = r.newBatcher(c.maxBatch)
 	}
 	if c.policy.kind == outageFallbackLocal {
 		if !(c.policy.share > 0 && c.policy.share <= 1) {
@@ -339,7 +341,9 @@ func (r *Redis) AllowN(ctx context.Context, key string, n int) (Decision, error)
 	c := callPool.Get().(*call)
 	c.key, c.n, c.err = r.prefix+"{"+key+"}", n, nil
 	if r.batch != nil {
-		r.batch.do(ctx, c)
+		if err := r.batch.Do(ctx, c); err != nil {
+			c.err = err
+		}
 	} else {
 		r.evalBatch(ctx, []*call{c})
 	}

@@ -3,6 +3,8 @@ package limiter
 import (
 	"context"
 	"errors"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,60 +50,46 @@ func TestBatchDecidesRepeatedKeysInOrder(t *testing.T) {
 	}
 }
 
-// A caller whose context ends while it waits in line leaves the line and
-// is never sent.
+// A caller whose context ends while it waits in line leaves the line, is
+// never sent, and gets its context's error.
 func TestBatchCallerLeavesLine(t *testing.T) {
 	r := newTestRedis(t, PerSecond(1, 1))
-	b := &batcher{r: r, max: 64, inflight: maxInflight} // the wire is full
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	c := &call{key: r.prefix + "{k}", n: 1, done: make(chan bool, 1)}
-	b.do(ctx, c)
-	if !errors.Is(c.err, context.Canceled) {
-		t.Fatalf("err = %v, want context.Canceled", c.err)
+	// Fill the wire with calls that hold on until released.
+	send := r.batch.Send
+	onWire, release := make(chan struct{}), make(chan struct{})
+	r.batch.Send = func(ctx context.Context, batch []*call) {
+		onWire <- struct{}{}
+		<-release
+		send(ctx, batch)
 	}
-	if len(b.pending) != 0 {
-		t.Fatalf("%d calls left in line", len(b.pending))
+	var wg sync.WaitGroup
+	for i := range maxInflight {
+		wg.Go(func() {
+			if _, err := r.Allow(context.Background(), "wire"+strconv.Itoa(i)); err != nil {
+				t.Error(err)
+			}
+		})
+		<-onWire
+	}
+	defer wg.Wait()
+	defer close(release)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := r.Allow(ctx, "k"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
 	}
 	// Nothing was sent: the bucket is still full.
-	if d, err := r.AllowN(context.Background(), "k", 1); err != nil || !d.Allowed {
+	d, err := r.evalDecision("k")
+	if err != nil || !d.Allowed {
 		t.Fatalf("bucket was touched: %+v, %v", d, err)
 	}
 }
 
-// The first in line carries the next batch when a call returns.
-func TestBatchHandsOverToFirstInLine(t *testing.T) {
-	r := newTestRedis(t, PerSecond(100, 100))
-	b := &batcher{r: r, max: 64, inflight: maxInflight}
-	waiters := make([]*call, 3)
-	done := make(chan struct{})
-	for i := range waiters {
-		waiters[i] = &call{key: r.prefix + "{k}", n: 1, done: make(chan bool, 1)}
-	}
-	// Queue them by hand in order, as do would.
-	b.pending = append(b.pending, waiters...)
-	go func() {
-		defer close(done)
-		first := waiters[0]
-		if lead := <-first.done; !lead {
-			t.Error("first in line was not asked to lead")
-			return
-		}
-		if len(first.batch) != 3 {
-			t.Errorf("batch of %d, want 3", len(first.batch))
-		}
-		b.lead(context.Background(), first.batch, first)
-	}()
-	// A call on the wire returns: the line is handed over.
-	running := &call{key: r.prefix + "{k}", n: 1, done: make(chan bool, 1)}
-	b.lead(context.Background(), []*call{running}, running)
-	<-done
-	for i, w := range waiters[1:] {
-		if lead := <-w.done; lead || w.err != nil || !r.redisDecision(w.behind, w.n).Allowed {
-			t.Errorf("waiter %d: lead=%v err=%v behind=%dµs", i+1, lead, w.err, w.behind)
-		}
-	}
-	if b.inflight != maxInflight-1 || len(b.pending) != 0 {
-		t.Errorf("inflight=%d pending=%d after the line emptied", b.inflight, len(b.pending))
-	}
+// evalDecision takes a token from key's bucket in a script call of its
+// own, past the batcher.
+func (r *Redis) evalDecision(key string) (Decision, error) {
+	c := &call{key: r.prefix + "{" + key + "}", n: 1}
+	r.evalBatch(context.Background(), []*call{c})
+	return r.redisDecision(c.behind, c.n), c.err
 }

@@ -43,6 +43,11 @@ func TestRegressionBatchSurvivesPanics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A panic that kept its place on the wire would leave the calls after
+	// the first maxInflight waiting in line until ctx ends. (internal/batch
+	// checks the count itself.)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	for range maxInflight + 2 {
 		time.Sleep(5 * retry)
 		func() {
@@ -51,15 +56,10 @@ func TestRegressionBatchSurvivesPanics(t *testing.T) {
 					t.Error("the hook's panic was swallowed")
 				}
 			}()
-			r.Allow(context.Background(), "k")
+			r.Allow(ctx, "k")
 		}()
 	}
-	if r.batch.inflight != 0 {
-		t.Fatalf("%d batches left in flight after the panics", r.batch.inflight)
-	}
 	time.Sleep(5 * retry)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	if d, err := r.Allow(ctx, "k"); err != nil || !d.Allowed {
 		t.Fatalf("after the panics: %+v, %v", d, err)
 	}

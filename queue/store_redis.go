@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/bulwarkgo/bulwark/internal/batch"
 )
 
 // The Redis store keeps one buffer under four kinds of key, all sharing the
@@ -257,7 +259,7 @@ type redisStore struct {
 	stream  []string // stream key alone
 	retryKs []string // stream, retry
 	moveKs  []string // stream, dead
-	batch   enqueueBatcher
+	batch   *batch.Batcher[*enqueueCall]
 }
 
 // NewRedisStore returns a durable store for the buffer called name, kept in
@@ -306,7 +308,7 @@ func NewRedisStore(client redis.UniversalClient, name string, opts ...RedisStore
 	s.stream = s.keys[:1]
 	s.retryKs = s.keys[:2]
 	s.moveKs = []string{s.keys[0], s.keys[2]}
-	s.batch.s = s
+	s.batch = s.newEnqueueBatcher()
 	return s, nil
 }
 
@@ -322,14 +324,16 @@ func (s *redisStore) fail(ctx context.Context, op string, err error) error {
 }
 
 // enqueue adds the message in a script call shared with concurrent
-// Enqueues (see enqueueBatcher): the idempotency check, the depth check,
+// Enqueues (see newEnqueueBatcher): the idempotency check, the depth check,
 // the add and the idempotency record are one atomic step.
 func (s *redisStore) enqueue(ctx context.Context, key string, body []byte, maxDepth int64) (enqueueResult, error) {
 	c := enqueueCallPool.Get().(*enqueueCall)
 	c.key, c.body, c.maxDepth = key, body, maxDepth
-	s.batch.do(ctx, c)
+	if err := s.batch.Do(ctx, c); err != nil {
+		c.err = err
+	}
 	res, err := c.res, c.err
-	*c = enqueueCall{done: c.done}
+	*c = enqueueCall{Member: c.Member}
 	enqueueCallPool.Put(c)
 	return res, err
 }

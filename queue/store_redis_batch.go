@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/bulwarkgo/bulwark/internal/batch"
 )
 
 // redisEnqueueBatch adds several messages in one step, each as
@@ -58,141 +60,30 @@ const maxEnqueueBatch = 64
 
 // enqueueCall is one Enqueue on its way through the batcher.
 type enqueueCall struct {
+	batch.Member[*enqueueCall]
 	key      string
 	body     []byte
 	maxDepth int64
 	res      enqueueResult
 	err      error
-
-	// done receives true when the call must carry batch to Redis for the
-	// others, false when res/err are ready.
-	done  chan bool
-	batch []*enqueueCall
 }
 
-var enqueueCallPool = sync.Pool{New: func() any { return &enqueueCall{done: make(chan bool, 1)} }}
+var enqueueCallPool = sync.Pool{New: func() any { return new(enqueueCall) }}
 
-// enqueueBatcher coalesces concurrent Enqueues into shared script calls
-// without a goroutine of its own. A caller finding fewer than
-// maxEnqueueInflight calls on the wire sends its message, with whatever is
-// waiting, itself. Otherwise it waits in line; the caller whose call
-// returns hands the next batch to the first in line, who carries it. So
-// under load the number of round trips, and Redis' work per message, falls
-// as load rises.
-type enqueueBatcher struct {
-	s *redisStore
-
-	mu       sync.Mutex
-	inflight int
-	pending  []*enqueueCall
-}
-
-// do enqueues c, possibly with others. A caller whose context ends while
-// waiting in line leaves it; one whose message is on the wire waits for the
-// round trip (bounded by the client's timeouts), since Redis may have added
-// it.
-func (q *enqueueBatcher) do(ctx context.Context, c *enqueueCall) {
-	q.mu.Lock()
-	if q.inflight < maxEnqueueInflight {
-		q.inflight++
-		batch := q.takeLocked(c)
-		q.mu.Unlock()
-		q.lead(ctx, batch, c)
-		return
-	}
-	q.pending = append(q.pending, c)
-	q.mu.Unlock()
-
-	var lead bool
-	select {
-	case lead = <-c.done:
-	case <-ctx.Done():
-		if q.leave(c) {
-			c.err = ctx.Err()
-			return
-		}
-		lead = <-c.done
-	}
-	if lead {
-		q.lead(ctx, c.batch, c)
-	}
-}
-
-// takeLocked returns first (when not nil) and the longest-waiting pending
-// calls, at most maxEnqueueBatch in all.
-func (q *enqueueBatcher) takeLocked(first *enqueueCall) []*enqueueCall {
-	n := min(len(q.pending), maxEnqueueBatch)
-	if first != nil {
-		n = min(len(q.pending), maxEnqueueBatch-1)
-	}
-	if first == nil && n == 0 {
-		return nil
-	}
-	batch := make([]*enqueueCall, 0, n+1)
-	if first != nil {
-		batch = append(batch, first)
-	}
-	batch = append(batch, q.pending[:n]...)
-	rest := copy(q.pending, q.pending[n:])
-	clear(q.pending[rest:])
-	q.pending = q.pending[:rest]
-	return batch
-}
-
-// leave takes c out of the line if it is still waiting there.
-func (q *enqueueBatcher) leave(c *enqueueCall) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for i, p := range q.pending {
-		if p == c {
-			last := len(q.pending) - 1
-			copy(q.pending[i:], q.pending[i+1:])
-			q.pending[last] = nil
-			q.pending = q.pending[:last]
-			return true
-		}
-	}
-	return false
-}
-
-// lead sends batch, hands the next batch to the first in line, and gives
-// every other member of batch its result. The script call does not inherit
-// the leader's cancellation: the others wait on it too.
-func (q *enqueueBatcher) lead(ctx context.Context, batch []*enqueueCall, self *enqueueCall) {
-	defer func() {
-		// A panic in the Redis call (a client hook, say) must not leave
-		// the line stuck: the batch gets an error, the line moves on, and
-		// the panic goes on up in this goroutine.
-		if p := recover(); p != nil {
-			for _, c := range batch {
-				c.err = unavailable("enqueue", fmt.Errorf("panic during the Redis call: %v", p))
+// newEnqueueBatcher returns the batcher through which s's Enqueues share
+// script calls. Under load the number of round trips, and Redis' work per
+// message, falls as load rises.
+func (s *redisStore) newEnqueueBatcher() *batch.Batcher[*enqueueCall] {
+	return &batch.Batcher[*enqueueCall]{
+		MaxInflight: maxEnqueueInflight,
+		MaxBatch:    maxEnqueueBatch,
+		Send:        s.enqueueBatch,
+		Fail: func(calls []*enqueueCall, panicked any) {
+			err := unavailable("enqueue", fmt.Errorf("panic during the Redis call: %v", panicked))
+			for _, c := range calls {
+				c.err = err
 			}
-			q.handOff(batch, self)
-			panic(p)
-		}
-	}()
-	q.s.enqueueBatch(context.WithoutCancel(ctx), batch)
-	q.handOff(batch, self)
-}
-
-// handOff gives the next batch to the first in line and the members of
-// batch their results.
-func (q *enqueueBatcher) handOff(batch []*enqueueCall, self *enqueueCall) {
-	q.mu.Lock()
-	next := q.takeLocked(nil)
-	if len(next) == 0 {
-		q.inflight--
-	}
-	q.mu.Unlock()
-	if len(next) > 0 {
-		next[0].batch = next
-		next[0].done <- true
-	}
-	self.batch = nil
-	for _, c := range batch {
-		if c != self {
-			c.done <- false
-		}
+		},
 	}
 }
 
