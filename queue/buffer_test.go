@@ -385,7 +385,9 @@ func TestBufferLongHandlerKeepsItsLease(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, be backend) {
 		s := be.newStore(t)
-		vis := queue.WithVisibilityTimeout(100 * time.Millisecond)
+		// Generous, so that a machine busy with other tests cannot
+		// delay a renewal past the timeout.
+		vis := queue.WithVisibilityTimeout(400 * time.Millisecond)
 		a := newBuffer(t, s, vis)
 		other := newBuffer(t, s, vis)
 		enqueueN(t, a, 1, "")
@@ -394,12 +396,12 @@ func TestBufferLongHandlerKeepsItsLease(t *testing.T) {
 		h := func(ctx context.Context, m queue.Message) error {
 			calls.Add(1)
 			attempts.Store(m.Attempt, true)
-			time.Sleep(600 * time.Millisecond) // six visibility timeouts
+			time.Sleep(1600 * time.Millisecond) // four visibility timeouts
 			return nil
 		}
 		runBuffer(t, a, h)
 		waitFor(t, "the handler to start", func() bool { return calls.Load() == 1 })
-		// The other consumer reclaims every 50ms and must find nothing.
+		// The other consumer reclaims every 200ms and must find nothing.
 		runBuffer(t, other, h)
 		waitFor(t, "the message acknowledged", func() bool { return stats(t, a).Depth == 0 })
 		if n := calls.Load(); n != 1 {
