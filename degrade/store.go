@@ -89,38 +89,44 @@ func (m *memoryStore) Load(context.Context) (Stored, error) {
 }
 
 func (m *memoryStore) Update(ctx context.Context, fn func(Stored) (Stored, AuditEntry, error)) (Stored, error) {
-	if err := ctx.Err(); err != nil {
-		return Stored{}, err
-	}
-	m.mu.Lock()
-	cur := m.st.clone()
-	m.mu.Unlock()
-	next, entry, err := fn(cur)
-	if err != nil {
-		return Stored{}, err
-	}
-	m.mu.Lock()
-	if m.st.Version != cur.Version {
+	for range maxAttempts {
+		if err := ctx.Err(); err != nil {
+			return Stored{}, err
+		}
+		m.mu.Lock()
+		cur := m.st.clone()
 		m.mu.Unlock()
-		// Another change came in while fn ran: start again from it.
-		return m.Update(ctx, fn)
+		next, entry, err := fn(cur)
+		if err != nil {
+			return Stored{}, err
+		}
+		m.mu.Lock()
+		if m.st.Version != cur.Version {
+			// Another change came in while fn ran: start again from it.
+			m.mu.Unlock()
+			continue
+		}
+		next.Version = cur.Version + 1
+		m.st = next.clone()
+		m.audit = append(m.audit, entry)
+		if over := len(m.audit) - m.size; over > 0 {
+			m.audit = append(m.audit[:0], m.audit[over:]...)
+		}
+		ws := make([]func(), 0, len(m.watchers))
+		for _, w := range m.watchers {
+			ws = append(ws, w)
+		}
+		m.mu.Unlock()
+		for _, w := range ws {
+			w()
+		}
+		return next, nil
 	}
-	next.Version = cur.Version + 1
-	m.st = next.clone()
-	m.audit = append(m.audit, entry)
-	if over := len(m.audit) - m.size; over > 0 {
-		m.audit = append(m.audit[:0], m.audit[over:]...)
-	}
-	ws := make([]func(), 0, len(m.watchers))
-	for _, w := range m.watchers {
-		ws = append(ws, w)
-	}
-	m.mu.Unlock()
-	for _, w := range ws {
-		w()
-	}
-	return next, nil
+	return Stored{}, ErrConflict
 }
+
+// maxAttempts bounds how often Update starts again after losing a race.
+const maxAttempts = 20
 
 func (m *memoryStore) Watch(changed func()) (stop func()) {
 	m.mu.Lock()
