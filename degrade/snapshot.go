@@ -6,11 +6,15 @@ import "context"
 // published.
 type snapshot struct {
 	byName map[string]*decision
+	table  lookup // byName, for Enabled and Check
 	shed   Level
 }
 
 // decision is one feature's compiled state.
 type decision struct {
+	// fixed is 1 or 0 when the answer is the same for every request
+	// (on or off, no rules), -1 when it depends on the request.
+	fixed     int8
 	mode      Mode
 	threshold uint64 // Percent: on when the user's hash % 10000 < threshold
 	rules     []compiledRule
@@ -37,13 +41,8 @@ type compiledCond struct {
 
 // enabled decides for the request in ctx.
 func (d *decision) enabled(ctx context.Context) bool {
-	if len(d.rules) == 0 {
-		switch d.mode {
-		case On:
-			return true
-		case Off:
-			return false
-		}
+	if d.fixed >= 0 {
+		return d.fixed == 1
 	}
 	a, _ := ctx.Value(attrsKey{}).(*Attributes)
 	for i := range d.rules {
@@ -197,6 +196,7 @@ func (s *Switchboard) rebuild(_ []Event) []Event {
 			}
 		}
 	}
+	snap.table = newLookup(snap.byName)
 	s.snap.Store(snap)
 	return events
 }
@@ -211,7 +211,15 @@ func sameStatus(a, b Status) bool {
 
 // compile turns a feature's state into a decision.
 func (s *Switchboard) compile(f *Feature, st State) *decision {
-	d := &decision{mode: st.Mode, salt: f.Name, level: f.Level}
+	d := &decision{mode: st.Mode, salt: f.Name, level: f.Level, fixed: -1}
+	if len(st.Rules) == 0 {
+		switch st.Mode {
+		case On:
+			d.fixed = 1
+		case Off:
+			d.fixed = 0
+		}
+	}
 	if st.Mode == Percent {
 		d.threshold = uint64(st.Percent*100 + 0.5)
 	}

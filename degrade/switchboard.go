@@ -158,7 +158,7 @@ func mapsClone(m map[string]string) map[string]string {
 // never turns a feature off; it is reported once per name through
 // otel.Handle and the bulwark.degrade.unknown counter.
 func (s *Switchboard) Enabled(ctx context.Context, name string) bool {
-	d := s.snap.Load().byName[name]
+	d := s.snap.Load().table.get(name)
 	if d == nil {
 		s.reportUnknown(name)
 		return true
@@ -174,7 +174,7 @@ func (s *Switchboard) Enabled(ctx context.Context, name string) bool {
 // [*DegradedError] (matching [ErrDegraded]) with the feature's message in
 // the request's locale. The error is shared: do not modify it.
 func (s *Switchboard) Check(ctx context.Context, name string) error {
-	d := s.snap.Load().byName[name]
+	d := s.snap.Load().table.get(name)
 	if d == nil {
 		s.reportUnknown(name)
 		return nil
