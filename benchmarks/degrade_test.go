@@ -47,32 +47,15 @@ const featureFillers = 30
 
 var featureLibs = []featureLib{
 	{"bulwark", func(b *testing.B, sc featureScenario) (featureCheck, context.Context) {
-		fs := []degrade.Feature{
-			{Name: "plain", Level: degrade.Optional},
-			{Name: "targeting", Level: degrade.Important},
-		}
-		for i := range featureFillers {
-			fs = append(fs, degrade.Feature{Name: fillerName(i), Level: degrade.Optional})
-		}
-		sb, err := degrade.New(fs)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = sb.Close() })
-		if err := sb.Set(context.Background(), "targeting", degrade.State{Mode: degrade.On, Rules: []degrade.Rule{{
-			When: []degrade.Condition{
-				{Attr: "model", Op: "in", Values: []string{"HUAWEI-P30", "HUAWEI-P40"}},
-				{Attr: "app_version", Op: "lt", Values: []string{"2.3.0"}},
-			},
-		}}}, degrade.Change{By: "bench"}); err != nil {
-			b.Fatal(err)
-		}
-		ctx := degrade.WithAttributes(context.Background(), degrade.Attributes{
-			UserID: featureRequest.user, Platform: featureRequest.platform,
-			Model: featureRequest.model, AppVersion: featureRequest.version,
-		})
+		sb, ctx := bulwarkBoard(b)
 		name := sc.name
 		return func(ctx context.Context) bool { return sb.Enabled(ctx, name) }, ctx
+	}},
+	{"bulwark-switch", func(b *testing.B, sc featureScenario) (featureCheck, context.Context) {
+		// The same, through a Switch found once at start-up.
+		sb, ctx := bulwarkBoard(b)
+		sw := sb.Switch(sc.name)
+		return func(ctx context.Context) bool { return sw.Enabled(ctx) }, ctx
 	}},
 	{"openfeature", func(b *testing.B, sc featureScenario) (featureCheck, context.Context) {
 		variants := func() map[string]any { return map[string]any{"on": true, "off": false} }
@@ -111,6 +94,36 @@ var featureLibs = []featureLib{
 		none := openfeature.EvaluationContext{}
 		return func(ctx context.Context) bool { return client.Boolean(ctx, name, !sc.want, none) }, ctx
 	}},
+}
+
+// bulwarkBoard is the switchboard of both Bulwark entries, with the
+// request's attributes in a context.
+func bulwarkBoard(b *testing.B) (*degrade.Switchboard, context.Context) {
+	fs := []degrade.Feature{
+		{Name: "plain", Level: degrade.Optional},
+		{Name: "targeting", Level: degrade.Important},
+	}
+	for i := range featureFillers {
+		fs = append(fs, degrade.Feature{Name: fillerName(i), Level: degrade.Optional})
+	}
+	sb, err := degrade.New(fs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sb.Close() })
+	if err := sb.Set(context.Background(), "targeting", degrade.State{Mode: degrade.On, Rules: []degrade.Rule{{
+		When: []degrade.Condition{
+			{Attr: "model", Op: "in", Values: []string{"HUAWEI-P30", "HUAWEI-P40"}},
+			{Attr: "app_version", Op: "lt", Values: []string{"2.3.0"}},
+		},
+	}}}, degrade.Change{By: "bench"}); err != nil {
+		b.Fatal(err)
+	}
+	ctx := degrade.WithAttributes(context.Background(), degrade.Attributes{
+		UserID: featureRequest.user, Platform: featureRequest.platform,
+		Model: featureRequest.model, AppVersion: featureRequest.version,
+	})
+	return sb, ctx
 }
 
 func fillerName(i int) string { return "filler-" + string(rune('a'+i/26)) + string(rune('a'+i%26)) }

@@ -90,6 +90,22 @@ func BenchmarkEnabled(b *testing.B) {
 	}
 }
 
+// BenchmarkSwitch measures the same decisions through a Switch found
+// once, which skips looking the feature up by name.
+func BenchmarkSwitch(b *testing.B) {
+	sb := newBenchBoard(b)
+	ctx := degrade.WithAttributes(context.Background(), benchRequest)
+	for _, sc := range benchScenarios {
+		sw := sb.Switch(sc.feature)
+		if got := sw.Enabled(ctx); got != sc.want {
+			b.Fatalf("Switch(%s).Enabled = %v, want %v", sc.feature, got, sc.want)
+		}
+		b.Run("feature="+sc.feature, func(b *testing.B) {
+			benchDecide(b, func() bool { return sw.Enabled(ctx) == sc.want })
+		})
+	}
+}
+
 // BenchmarkCheck measures Check on a feature that is off: the path that
 // returns the feature's error, with its message for the request's locale.
 func BenchmarkCheck(b *testing.B) {

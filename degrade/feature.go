@@ -131,38 +131,64 @@ type Attributes struct {
 
 type attrsKey struct{}
 
+// request is the Attributes in a context, with what every check would
+// otherwise work out again: the app version, parsed.
+type request struct {
+	Attributes
+	version    version
+	hasVersion bool
+}
+
 // WithAttributes returns ctx carrying a.
 func WithAttributes(ctx context.Context, a Attributes) context.Context {
-	return context.WithValue(ctx, attrsKey{}, &a)
+	r := &request{Attributes: a}
+	r.version, r.hasVersion = parseVersion(a.AppVersion)
+	return context.WithValue(ctx, attrsKey{}, r)
 }
 
 // AttributesFrom returns the attributes in ctx.
 func AttributesFrom(ctx context.Context) (Attributes, bool) {
-	a, ok := ctx.Value(attrsKey{}).(*Attributes)
+	r, ok := ctx.Value(attrsKey{}).(*request)
 	if !ok {
 		return Attributes{}, false
 	}
-	return *a, true
+	return r.Attributes, true
 }
 
-// attr returns the named attribute and whether it is set.
-func (a *Attributes) attr(name string) (string, bool) {
+// Attribute names a rule may test, compiled to small numbers.
+const (
+	attrCustom = iota
+	attrPlatform
+	attrModel
+	attrAppVersion
+	attrRegion
+	attrUser
+	attrLocale
+)
+
+var attrNames = map[string]int8{
+	"platform": attrPlatform, "model": attrModel, "app_version": attrAppVersion,
+	"region": attrRegion, "user": attrUser, "locale": attrLocale,
+}
+
+// attr returns attribute id (custom: the named one) and whether it is set.
+func (a *Attributes) attr(id int8, custom string) (string, bool) {
 	var v string
-	switch name {
-	case "platform":
+	switch id {
+	case attrPlatform:
 		v = a.Platform
-	case "model":
+	case attrModel:
 		v = a.Model
-	case "app_version":
+	case attrAppVersion:
 		v = a.AppVersion
-	case "region":
+	case attrRegion:
 		v = a.Region
-	case "user":
+	case attrUser:
 		v = a.UserID
-	case "locale":
+	case attrLocale:
 		v = a.Locale
 	default:
-		v = a.Custom[name]
+		v = a.Custom[custom]
 	}
 	return v, v != ""
 }

@@ -6,7 +6,8 @@ import "context"
 // published.
 type snapshot struct {
 	byName map[string]*decision
-	table  lookup // byName, for Enabled and Check
+	table  lookup      // byName, for Enabled and Check
+	list   []*decision // in the order of Switchboard.names, for Switch
 	shed   Level
 }
 
@@ -18,7 +19,8 @@ type decision struct {
 	mode      Mode
 	threshold uint64 // Percent: on when the user's hash % 10000 < threshold
 	rules     []compiledRule
-	salt      string // the feature's name, hashed with the user id
+	salt      string // the feature's name
+	seed      uint64 // bucketSeed(salt)
 	level     Level
 	status    Status
 
@@ -33,18 +35,31 @@ type compiledRule struct {
 }
 
 type compiledCond struct {
-	attr    string
-	op      string
+	attr    int8
+	custom  string // the attribute's name, for attrCustom
+	op      int8
 	values  []string
 	version version
 }
+
+// Condition operators, compiled.
+const (
+	opIn int8 = iota
+	opNotIn
+	opLT
+	opLE
+	opGT
+	opGE
+)
+
+var opCodes = map[string]int8{"in": opIn, "not_in": opNotIn, "lt": opLT, "le": opLE, "gt": opGT, "ge": opGE}
 
 // enabled decides for the request in ctx.
 func (d *decision) enabled(ctx context.Context) bool {
 	if d.fixed >= 0 {
 		return d.fixed == 1
 	}
-	a, _ := ctx.Value(attrsKey{}).(*Attributes)
+	a, _ := ctx.Value(attrsKey{}).(*request)
 	for i := range d.rules {
 		if d.rules[i].matches(a) {
 			return d.rules[i].enabled
@@ -54,12 +69,12 @@ func (d *decision) enabled(ctx context.Context) bool {
 	case On:
 		return true
 	case Percent:
-		return a != nil && a.UserID != "" && bucket(d.salt, a.UserID) < d.threshold
+		return a != nil && a.UserID != "" && bucketFrom(d.seed, a.UserID) < d.threshold
 	}
 	return false
 }
 
-func (r *compiledRule) matches(a *Attributes) bool {
+func (r *compiledRule) matches(a *request) bool {
 	for i := range r.when {
 		if !r.when[i].holds(a) {
 			return false
@@ -68,14 +83,14 @@ func (r *compiledRule) matches(a *Attributes) bool {
 	return true
 }
 
-func (c *compiledCond) holds(a *Attributes) bool {
+func (c *compiledCond) holds(a *request) bool {
 	var v string
 	var ok bool
 	if a != nil {
-		v, ok = a.attr(c.attr)
+		v, ok = a.attr(c.attr, c.custom)
 	}
 	switch c.op {
-	case "in", "not_in":
+	case opIn, opNotIn:
 		in := false
 		if ok {
 			for _, x := range c.values {
@@ -85,31 +100,39 @@ func (c *compiledCond) holds(a *Attributes) bool {
 				}
 			}
 		}
-		return in == (c.op == "in")
+		return in == (c.op == opIn)
 	}
 	if !ok {
 		return false
 	}
-	pv, ok := parseVersion(v)
+	var pv version
+	if c.attr == attrAppVersion {
+		// Parsed once, by WithAttributes.
+		pv, ok = a.version, a.hasVersion
+	} else {
+		pv, ok = parseVersion(v)
+	}
 	if !ok {
 		return false
 	}
 	cmp := pv.compare(c.version)
 	switch c.op {
-	case "lt":
+	case opLT:
 		return cmp < 0
-	case "le":
+	case opLE:
 		return cmp <= 0
-	case "gt":
+	case opGT:
 		return cmp > 0
 	}
-	return cmp >= 0 // ge
+	return cmp >= 0 // opGE
 }
 
-// bucket places user in one of 10 000 buckets for feature, the same on
-// every instance and in every run, so the same user stays on as a
-// percentage grows.
-func bucket(feature, user string) uint64 {
+// A user's bucket for a feature, one of 10 000, is the same on every
+// instance and in every run, so the same user stays on as a percentage
+// grows.
+
+// bucketSeed hashes the feature's part of a bucket, once per compile.
+func bucketSeed(feature string) uint64 {
 	// FNV-1a over the feature, a separator and the user: stable across
 	// processes, unlike maphash, and cheap.
 	h := uint64(14695981039346656037)
@@ -119,6 +142,11 @@ func bucket(feature, user string) uint64 {
 	}
 	h ^= 0xff
 	h *= 1099511628211
+	return h
+}
+
+// bucketFrom finishes a bucket from the feature's seed.
+func bucketFrom(h uint64, user string) uint64 {
 	for i := 0; i < len(user); i++ {
 		h ^= uint64(user[i])
 		h *= 1099511628211
@@ -133,7 +161,7 @@ func bucket(feature, user string) uint64 {
 // err returns the feature's error for the request's locale.
 func (d *decision) err(ctx context.Context) error {
 	if len(d.errs) > 0 {
-		if a, _ := ctx.Value(attrsKey{}).(*Attributes); a != nil && a.Locale != "" {
+		if a, _ := ctx.Value(attrsKey{}).(*request); a != nil && a.Locale != "" {
 			if e := d.errs[a.Locale]; e != nil {
 				return e
 			}
@@ -190,6 +218,7 @@ func (s *Switchboard) rebuild(_ []Event) []Event {
 		d := s.compile(f, st)
 		d.status = status
 		snap.byName[name] = d
+		snap.list = append(snap.list, d)
 		if old != nil {
 			if prev := old.byName[name]; prev != nil && !sameStatus(prev.status, status) {
 				events = append(events, Event{Feature: name, Before: prev.status, After: status})
@@ -211,7 +240,7 @@ func sameStatus(a, b Status) bool {
 
 // compile turns a feature's state into a decision.
 func (s *Switchboard) compile(f *Feature, st State) *decision {
-	d := &decision{mode: st.Mode, salt: f.Name, level: f.Level, fixed: -1}
+	d := &decision{mode: st.Mode, salt: f.Name, seed: bucketSeed(f.Name), level: f.Level, fixed: -1}
 	if len(st.Rules) == 0 {
 		switch st.Mode {
 		case On:
@@ -226,7 +255,7 @@ func (s *Switchboard) compile(f *Feature, st State) *decision {
 	for _, r := range st.Rules {
 		cr := compiledRule{enabled: r.Enabled}
 		for _, c := range r.When {
-			cc := compiledCond{attr: c.Attr, op: c.Op, values: c.Values}
+			cc := compiledCond{attr: attrNames[c.Attr], custom: c.Attr, op: opCodes[c.Op], values: c.Values}
 			if len(c.Values) > 0 {
 				cc.version, _ = parseVersion(c.Values[0])
 			}

@@ -434,3 +434,19 @@ func TestGuard(t *testing.T) {
 		t.Fatalf("off: %d %v %q", rec.Code, rec.Header(), rec.Body)
 	}
 }
+
+func TestSwitch(t *testing.T) {
+	sb := newBoard(t)
+	ctx := context.Background()
+	recs := sb.Switch("recommendations")
+	if recs.Name() != "recommendations" || !recs.Enabled(ctx) || recs.Check(ctx) != nil {
+		t.Fatal("a new switch is not on")
+	}
+	_ = sb.Set(ctx, "recommendations", degrade.State{Mode: degrade.Off}, ops)
+	if recs.Enabled(ctx) || !errors.Is(recs.Check(ctx), degrade.ErrDegraded) {
+		t.Fatal("the switch did not follow the change")
+	}
+	if !sb.Switch("no-such-feature").Enabled(ctx) {
+		t.Fatal("an unknown switch is not on")
+	}
+}
