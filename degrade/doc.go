@@ -12,7 +12,14 @@
 // [Attributes] (platform, device model, app version, region, user id,
 // locale) in the context with [WithAttributes] or [WithRequestAttributes],
 // so that a feature can be turned off for one device model or app version
-// only, or rolled out to a stable percentage of users.
+// only, or rolled out to a stable percentage of users. Code that asks
+// about the same feature on every request can hold its [Switch]
+// ([Switchboard.Switch]), which skips the lookup by name.
+//
+// Operators see and flip switches through [NewAdminHandler]: a JSON API
+// and a small web console served by the same handler, behind bearer
+// tokens with viewer and operator roles (or your own authentication),
+// refusing cross-origin changes, with every change in the audit trail.
 //
 // # Deciding
 //
@@ -41,8 +48,9 @@
 // state it knew ([Switchboard.StoreHealthy]). Every change is kept in an
 // audit trail: who, when, what, before, after and why.
 //
-// Triggers act on the instance that runs them: when a [Signal] (an error
-// rate, a latency percentile, a breaker that is open, any func() float64)
+// Triggers act on the instance that runs them: when a [Signal] (an
+// [ErrorRate], a [Latency] percentile, a breaker that is open through
+// [NotReady], any [SignalFunc])
 // stays above a threshold for a while, they turn features off or shed a
 // level; when it stays below a lower threshold for a while, they turn them
 // back on. One goroutine evaluates them; Close stops it.
