@@ -24,7 +24,7 @@
 // # Deciding
 //
 // Enabled is the hot path: one atomic load of an immutable snapshot and a
-// map lookup, no lock, no allocation. A feature's state comes from,
+// lookup in its small hash table, no lock, no allocation. A feature's state comes from,
 // strongest first: an operator's setting for it ([Switchboard.Set], until
 // [Switchboard.Unpin]); an operator's shed of its level
 // ([Switchboard.Shed], 大促模式: every feature at or below the level);
