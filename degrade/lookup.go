@@ -40,29 +40,36 @@ func (t *lookup) get(name string) *decision {
 		if s.d == nil {
 			return nil
 		}
-		if s.name == name {
+		// Names usually reach here as the same string constant the
+		// feature was declared with (the linker keeps one copy), so
+		// comparing where the bytes are settles most lookups.
+		if len(s.name) == len(name) && (unsafe.StringData(s.name) == unsafe.StringData(name) || s.name == name) {
 			return s.d
 		}
 		i = (i + 1) & t.mask
 	}
 }
 
-// nameHash mixes a name's length with its first and last eight bytes (or
-// every byte of a shorter name). Names are chosen by the program, not by
+// nameHash mixes a name's length with its first and last bytes, read in
+// at most two loads whatever the length. Names are chosen by the program, not by
 // its users, so a cheap hash serves; the table stays at most half full.
 func nameHash(s string) uint64 {
 	n := len(s)
 	h := uint64(n) * 0x9e3779b97f4a7c15
-	if n >= 8 {
-		p := unsafe.Pointer(unsafe.StringData(s))
-		// Unaligned 8-byte loads within the string's bytes.
-		first := *(*uint64)(p)
-		last := *(*uint64)(unsafe.Add(p, n-8))
-		h ^= first*0xff51afd7ed558ccd ^ last*0xc4ceb9fe1a85ec53
-	} else {
-		for i := 0; i < n; i++ {
-			h = (h ^ uint64(s[i])) * 0x100000001b3
-		}
+	var first, last uint64
+	switch p := unsafe.Pointer(unsafe.StringData(s)); {
+	case n >= 8:
+		// Unaligned loads within the string's bytes: the first and the
+		// last eight, which overlap for names shorter than 16.
+		first = *(*uint64)(p)
+		last = *(*uint64)(unsafe.Add(p, n-8))
+	case n >= 4:
+		first = uint64(*(*uint32)(p))
+		last = uint64(*(*uint32)(unsafe.Add(p, n-4)))
+	case n > 0:
+		// One to three bytes: the first, the middle and the last.
+		first = uint64(s[0])<<16 | uint64(s[n/2])<<8 | uint64(s[n-1])
 	}
+	h ^= first*0xff51afd7ed558ccd ^ last*0xc4ceb9fe1a85ec53
 	return h ^ h>>29
 }
