@@ -676,13 +676,14 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any, required bool) er
 		}
 		return nil
 	}
-	// Forms (a CSRF's tool) cannot send application/json; refuse them
-	// even if the cross-origin check was configured away.
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return &adminError{http.StatusUnsupportedMediaType, "unsupported_media_type",
-				fmt.Sprintf("Content-Type must be application/json, got %q", ct)}
-		}
+	// Forms and no-cors fetches (a CSRF's tools) cannot send
+	// application/json without a preflight; refuse every other body, even
+	// one without a Content-Type, even if the cross-origin check was
+	// configured away.
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		return &adminError{http.StatusUnsupportedMediaType, "unsupported_media_type",
+			fmt.Sprintf("Content-Type must be application/json, got %q", ct)}
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()

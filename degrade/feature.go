@@ -239,6 +239,24 @@ type AuditEntry struct {
 	Reason  string          `json:"reason"`
 }
 
+// clone returns a deep copy of s, so that a caller's later edits to its
+// slices and maps cannot reach a switchboard's state.
+func (s State) clone() State {
+	s.Messages = mapsClone(s.Messages)
+	if s.Rules != nil {
+		rules := make([]Rule, len(s.Rules))
+		for i, r := range s.Rules {
+			r.When = append([]Condition(nil), r.When...)
+			for j := range r.When {
+				r.When[j].Values = append([]string(nil), r.When[j].Values...)
+			}
+			rules[i] = r
+		}
+		s.Rules = rules
+	}
+	return s
+}
+
 // validate checks s for feature f.
 func (s *State) validate(f string) error {
 	switch s.Mode {

@@ -50,8 +50,8 @@ func (t *lookup) get(name string) *decision {
 	}
 }
 
-// nameHash mixes a name's length with its first and last bytes, read in
-// at most two loads whatever the length. Names are chosen by the program, not by
+// nameHash mixes a name's length with its first, last and (for long
+// names) middle bytes, read in at most three loads whatever the length. Names are chosen by the program, not by
 // its users, so a cheap hash serves; the table stays at most half full.
 func nameHash(s string) uint64 {
 	n := len(s)
@@ -60,9 +60,14 @@ func nameHash(s string) uint64 {
 	switch p := unsafe.Pointer(unsafe.StringData(s)); {
 	case n >= 8:
 		// Unaligned loads within the string's bytes: the first and the
-		// last eight, which overlap for names shorter than 16.
+		// last eight, which overlap for names shorter than 16, and for
+		// longer names the middle eight too, where names made from a
+		// pattern ("checkout.step12.enabled") differ.
 		first = *(*uint64)(p)
 		last = *(*uint64)(unsafe.Add(p, n-8))
+		if n > 16 {
+			h ^= *(*uint64)(unsafe.Add(p, n/2-4)) * 0x9fb21c651e98df25
+		}
 	case n >= 4:
 		first = uint64(*(*uint32)(p))
 		last = uint64(*(*uint32)(unsafe.Add(p, n-4)))

@@ -1,6 +1,9 @@
 package degrade
 
-import "context"
+import (
+	"context"
+	"slices"
+)
 
 // snapshot is the switchboard's state as Enabled reads it: immutable once
 // published.
@@ -183,13 +186,18 @@ func (d *decision) err(ctx context.Context) error {
 // (or s is not yet shared).
 func (s *Switchboard) rebuild(_ []Event) []Event {
 	old := s.snap.Load()
+	// The level shed here is the highest of the operator's and the
+	// triggers'; shedTrigger names the trigger shedding the most (the
+	// first by name among equals), for the statuses it decides.
 	shed := s.stored.Shed
-	shedSource := SourceShed
-	for _, l := range s.shedBy {
-		if l > shed {
-			shed, shedSource = l, SourceTrigger
+	var shedTrigger string
+	var trigShed Level
+	for name, l := range s.shedBy {
+		if l > trigShed || l == trigShed && name < shedTrigger {
+			trigShed, shedTrigger = l, name
 		}
 	}
+	shed = max(shed, trigShed)
 	snap := &snapshot{byName: make(map[string]*decision, len(s.names)), shed: shed}
 	var events []Event
 	for _, name := range s.names {
@@ -209,7 +217,11 @@ func (s *Switchboard) rebuild(_ []Event) []Event {
 			status.Changed = m.At
 		case shed != 0 && f.Level <= shed:
 			st = State{Mode: Off}
-			status.Source = shedSource
+			status.Source = SourceShed
+			if f.Level > s.stored.Shed {
+				// Only a trigger's shed reaches this level.
+				status.Source, status.Trigger = SourceTrigger, shedTrigger
+			}
 		case status.Trigger != "":
 			st = State{Mode: Off}
 			status.Source = SourceTrigger
@@ -255,7 +267,7 @@ func (s *Switchboard) compile(f *Feature, st State) *decision {
 	for _, r := range st.Rules {
 		cr := compiledRule{enabled: r.Enabled}
 		for _, c := range r.When {
-			cc := compiledCond{attr: attrNames[c.Attr], custom: c.Attr, op: opCodes[c.Op], values: c.Values}
+			cc := compiledCond{attr: attrNames[c.Attr], custom: c.Attr, op: opCodes[c.Op], values: slices.Clone(c.Values)}
 			if len(c.Values) > 0 {
 				cc.version, _ = parseVersion(c.Values[0])
 			}

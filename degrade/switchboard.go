@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,8 +44,9 @@ type Switchboard struct {
 	nextID    int
 	events    chan Event
 
-	unknown sync.Map // names reported once
-	tel     *telemetry
+	unknown      sync.Map // names reported once
+	unknownCount atomic.Int64
+	tel          *telemetry
 
 	stopWatch func()
 	stop      chan struct{}
@@ -98,7 +98,12 @@ func New(features []Feature, opts ...Option) (*Switchboard, error) {
 		s.features[f.Name] = &f
 		s.names = append(s.names, f.Name)
 	}
+	triggerNames := make(map[string]bool, len(c.triggers))
 	for _, t := range c.triggers {
+		if triggerNames[t.Name] {
+			return nil, configError("WithTrigger "+t.Name+": Name", "is given twice", t.Name)
+		}
+		triggerNames[t.Name] = true
 		for _, f := range t.Off {
 			if s.features[f] == nil {
 				return nil, configError("WithTrigger "+t.Name+": Off", "names an unknown feature", f)
@@ -190,11 +195,25 @@ func (s *Switchboard) Check(ctx context.Context, name string) error {
 }
 
 func (s *Switchboard) reportUnknown(name string) {
+	// Load first: LoadOrStore would box the name on every call.
+	if _, seen := s.unknown.Load(name); seen {
+		return
+	}
+	if s.unknownCount.Add(1) > maxUnknown {
+		// Names from somewhere unbounded (a request?): count them, but
+		// stop remembering them.
+		s.tel.unknownFeature()
+		return
+	}
 	if _, seen := s.unknown.LoadOrStore(name, struct{}{}); !seen {
 		s.tel.unknownFeature()
 		otel.Handle(fmt.Errorf("%w: %q is not a feature of this switchboard; it is treated as on", ErrUnknownFeature, name))
 	}
 }
+
+// maxUnknown bounds the unknown names a switchboard remembers; beyond it
+// each check of an unknown name is counted, not remembered.
+const maxUnknown = 1000
 
 // Set makes an operator's setting for a feature, which wins over shedding,
 // triggers and the default until [Switchboard.Unpin]. It is stored, so
@@ -206,8 +225,7 @@ func (s *Switchboard) Set(ctx context.Context, name string, st State, c Change) 
 	if err := st.validate(name); err != nil {
 		return err
 	}
-	st.Rules = slices.Clone(st.Rules)
-	st.Messages = mapsClone(st.Messages)
+	st = st.clone()
 	return s.update(ctx, func(cur Stored) (Stored, AuditEntry, error) {
 		before, _ := json.Marshal(cur.Manual[name])
 		if _, ok := cur.Manual[name]; !ok {
@@ -296,9 +314,10 @@ func (s *Switchboard) apply(st Stored) {
 		return
 	}
 	s.stored = st
-	events := s.rebuild(nil)
+	// Queued under the lock, so listeners see changes in the order the
+	// snapshots were made; queuing never blocks and calls no user code.
+	s.publish(s.rebuild(nil))
 	s.mu.Unlock()
-	s.publish(events)
 }
 
 // Audit returns up to n entries of the audit trail, newest first.
@@ -311,7 +330,9 @@ func (s *Switchboard) Features() []Status {
 	snap := s.snap.Load()
 	out := make([]Status, 0, len(s.names))
 	for _, n := range s.names {
-		out = append(out, snap.byName[n].status)
+		st := snap.byName[n].status
+		st.State = st.State.clone()
+		out = append(out, st)
 	}
 	return out
 }
@@ -322,7 +343,9 @@ func (s *Switchboard) Status(name string) (Status, error) {
 	if d == nil {
 		return Status{}, fmt.Errorf("%w: %q", ErrUnknownFeature, name)
 	}
-	return d.status, nil
+	st := d.status
+	st.State = st.State.clone()
+	return st, nil
 }
 
 // Shedding returns the level shed by an operator or a trigger, 0 if none.
@@ -338,7 +361,7 @@ func (s *Switchboard) StoreHealthy() bool {
 
 // Subscribe calls f for every change of a feature's effective state, in
 // order, from one goroutine and never under a lock. It returns a function
-// that stops the calls.
+// that stops the calls. f must not call Close, which waits for it.
 func (s *Switchboard) Subscribe(f func(Event)) (stop func()) {
 	s.listenMu.Lock()
 	id := s.nextID
@@ -427,8 +450,10 @@ func (s *Switchboard) reload() {
 	s.apply(st)
 }
 
-// Close stops the switchboard's background work. Enabled and Check keep
-// answering from the last state; changes fail with ErrClosed.
+// Close stops the switchboard's background work and waits for it, so it
+// must not be called from a listener ([Switchboard.Subscribe]) or a
+// trigger's Signal. Enabled and Check keep answering from the last state;
+// changes fail with ErrClosed.
 func (s *Switchboard) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil

@@ -180,7 +180,6 @@ func (s *Switchboard) setTripped(t *Trigger, fired bool) {
 			delete(s.shedBy, t.Name)
 		}
 	}
-	events := s.rebuild(nil)
+	s.publish(s.rebuild(nil))
 	s.mu.Unlock()
-	s.publish(events)
 }
