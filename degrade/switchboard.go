@@ -64,7 +64,9 @@ type Event struct {
 }
 
 // New returns a switchboard of features. Names must be unique and levels
-// set; the error names the bad feature and field.
+// set; the error names the bad feature and field. New reads the store
+// once, waiting at most 2 seconds: if it cannot, the switchboard starts
+// from the defaults and keeps trying in the background.
 func New(features []Feature, opts ...Option) (*Switchboard, error) {
 	c := defaultConfig()
 	for _, o := range opts {
