@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 )
@@ -242,7 +243,7 @@ type AuditEntry struct {
 // clone returns a deep copy of s, so that a caller's later edits to its
 // slices and maps cannot reach a switchboard's state.
 func (s State) clone() State {
-	s.Messages = mapsClone(s.Messages)
+	s.Messages = maps.Clone(s.Messages)
 	if s.Rules != nil {
 		rules := make([]Rule, len(s.Rules))
 		for i, r := range s.Rules {

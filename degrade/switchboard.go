@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -96,7 +97,7 @@ func New(features []Feature, opts ...Option) (*Switchboard, error) {
 		case s.features[f.Name] != nil:
 			return nil, configError(f.Name+": Name", "is given twice", f.Name)
 		}
-		f.Messages = mapsClone(f.Messages)
+		f.Messages = maps.Clone(f.Messages)
 		s.features[f.Name] = &f
 		s.names = append(s.names, f.Name)
 	}
@@ -145,17 +146,6 @@ func New(features []Feature, opts ...Option) (*Switchboard, error) {
 		go s.runTriggers()
 	}
 	return s, nil
-}
-
-func mapsClone(m map[string]string) map[string]string {
-	if m == nil {
-		return nil
-	}
-	c := make(map[string]string, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
 }
 
 // Enabled reports whether the feature is on for the request described by
@@ -527,7 +517,7 @@ func WithRefresh(d time.Duration) Option { return optionFunc(func(c *config) { c
 // none. The default is "当前系统繁忙，部分功能暂不可用" ("zh", and for any
 // other locale) and an English sentence for "en".
 func WithDefaultMessage(byLocale map[string]string) Option {
-	return optionFunc(func(c *config) { c.messages = mapsClone(byLocale) })
+	return optionFunc(func(c *config) { c.messages = maps.Clone(byLocale) })
 }
 
 // WithCheckMetrics counts every Enabled and Check by feature and result in

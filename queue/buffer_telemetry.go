@@ -8,10 +8,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 )
 
-// bufferScope is the instrumentation scope of the buffer's instruments: the
-// package's import path.
-const bufferScope = scope
-
 // bufferTelemetry holds a buffer's instruments with their attribute set
 // built once, so recording allocates nothing.
 type bufferTelemetry struct {
@@ -23,17 +19,11 @@ type bufferTelemetry struct {
 	reg metric.Registration
 }
 
-func bufferOtelErr(err error) {
-	if err != nil {
-		otel.Handle(err)
-	}
-}
-
 func newBufferTelemetry(mp metric.MeterProvider, store Store, b *Buffer) *bufferTelemetry {
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
-	m := mp.Meter(bufferScope)
+	m := mp.Meter(scope)
 	kind := "redis"
 	if _, ok := store.(*memoryStore); ok {
 		kind = "memory"
@@ -43,7 +33,7 @@ func newBufferTelemetry(mp metric.MeterProvider, store Store, b *Buffer) *buffer
 
 	counter := func(name, desc string) metric.Int64Counter {
 		c, err := m.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit("{message}"))
-		bufferOtelErr(err)
+		handleOtelErr(err)
 		return c
 	}
 	t.enqueued = counter("bulwark.queue.buffer.enqueued", "Messages added by Enqueue.")
@@ -57,7 +47,7 @@ func newBufferTelemetry(mp metric.MeterProvider, store Store, b *Buffer) *buffer
 
 	gauge := func(name, desc, unit string) metric.Int64ObservableGauge {
 		g, err := m.Int64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit(unit))
-		bufferOtelErr(err)
+		handleOtelErr(err)
 		return g
 	}
 	depth := gauge("bulwark.queue.buffer.depth", "Messages held: waiting, in flight and delayed.", "{message}")
@@ -67,7 +57,7 @@ func newBufferTelemetry(mp metric.MeterProvider, store Store, b *Buffer) *buffer
 	paused := gauge("bulwark.queue.buffer.paused", "1 while this consumer's gate holds delivery, else 0.", "1")
 	oldest, err := m.Float64ObservableGauge("bulwark.queue.buffer.oldest_age",
 		metric.WithDescription("Age of the message at the head of the buffer."), metric.WithUnit("s"))
-	bufferOtelErr(err)
+	handleOtelErr(err)
 
 	obs := metric.WithAttributeSet(set)
 	// Every consumer of a buffer reports the same store-wide figures; the
@@ -89,7 +79,7 @@ func newBufferTelemetry(mp metric.MeterProvider, store Store, b *Buffer) *buffer
 		o.ObserveFloat64(oldest, st.OldestAge.Seconds(), obs)
 		return nil
 	}, depth, pending, delayed, dead, paused, oldest)
-	bufferOtelErr(err)
+	handleOtelErr(err)
 	return t
 }
 
