@@ -200,6 +200,7 @@ func fromRequest(r *http.Request, header, cookie string) string {
 // admission.
 type TicketView struct {
 	Ticket           string `json:"ticket"`
+	Number           uint64 `json:"number"`
 	Position         int    `json:"position"`
 	ETASeconds       int    `json:"eta_seconds"`
 	PollAfterSeconds int    `json:"poll_after_seconds"`
@@ -211,6 +212,7 @@ type TicketView struct {
 func (c *httpConfig) view(t Ticket) TicketView {
 	v := TicketView{
 		Ticket:           t.ID,
+		Number:           t.Number,
 		Position:         t.Position,
 		ETASeconds:       int(math.Ceil(t.ETA.Seconds())),
 		PollAfterSeconds: seconds(t.PollAfter),

@@ -191,7 +191,7 @@ func TestTicketFlow(t *testing.T) {
 			t.Fatalf("joining: %d %s", rec.Code, rec.Body)
 		}
 		v := decode[queue.TicketView](t, rec)
-		if v.Ticket == "" || v.Ticket != u.ticket || v.Position != 1 || v.Admitted || v.PollAfterSeconds < 1 {
+		if v.Ticket == "" || v.Ticket != u.ticket || v.Number != 2 || v.Position != 1 || v.Admitted || v.PollAfterSeconds < 1 {
 			t.Fatalf("ticket view %+v", v)
 		}
 		if rec.Header().Get("Retry-After") == "" {
@@ -209,7 +209,7 @@ func TestTicketFlow(t *testing.T) {
 		time.Sleep(time.Second)
 		rec = u.do(mux, "GET", "/queue")
 		v = decode[queue.TicketView](t, rec)
-		if rec.Code != 200 || !v.Admitted || v.Token == "" || u.token != v.Token {
+		if rec.Code != 200 || !v.Admitted || v.Token == "" || u.token != v.Token || v.Number != 2 {
 			t.Fatalf("status after 1s: %d %+v", rec.Code, v)
 		}
 		var tokenCookie bool

@@ -45,6 +45,11 @@ type Ticket struct {
 	// ID names the ticket in Status, Leave and Done. It is not guessable:
 	// holding the ID is what entitles a client to the place.
 	ID string
+	// Number is the ticket's number in the room: tickets are numbered
+	// from 1 in the order they joined, across every instance of a room in
+	// Redis, and admitted in that order. Show it to the user (a deli
+	// counter's number); unlike ID it entitles its holder to nothing.
+	Number uint64
 	// Position is the ticket's place in line: 1 is next. It is 0 once
 	// the ticket is admitted.
 	Position int
@@ -234,6 +239,7 @@ func (r *Room) Join(ctx context.Context) (Ticket, error) {
 		return Ticket{}, err
 	}
 	r.tel.joined(ctx)
+	t.Number = ticketNumber(t.ID)
 	return t, nil
 }
 
@@ -247,7 +253,9 @@ func (r *Room) Status(ctx context.Context, id string) (Ticket, error) {
 	if r.closed.Load() {
 		return Ticket{}, ErrClosed
 	}
-	return r.b.status(ctx, id)
+	t, err := r.b.status(ctx, id)
+	t.Number = ticketNumber(t.ID)
+	return t, err
 }
 
 // Leave gives up a ticket, whether in line or admitted; its place goes to
@@ -444,6 +452,19 @@ func WithRedis(client redis.UniversalClient) RoomOption {
 // newTicketID returns the ID of ticket number seq: the number, which orders
 // the line, and 64 random bits, which make the ID impossible to guess from
 // the number.
+// ticketNumber reads the number a ticket ID begins with; 0 if it has none.
+func ticketNumber(id string) uint64 {
+	i := strings.IndexByte(id, '-')
+	if i <= 0 {
+		return 0
+	}
+	n, err := strconv.ParseUint(id[:i], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
 func newTicketID(seq uint64) string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])

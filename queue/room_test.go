@@ -565,3 +565,35 @@ func TestNewRoomValidates(t *testing.T) {
 		})
 	}
 }
+
+func TestTicketNumbers(t *testing.T) {
+	// Tickets are numbered from 1 in joining order, in this process and
+	// across the instances of a Redis room, and Status reports the same
+	// number as Join.
+	cases := map[string][]*queue.Room{
+		"local": {newRoom(t, 1)},
+		"redis": redisRooms(t, 2, 1),
+	}
+	for name, rooms := range cases {
+		t.Run(name, func(t *testing.T) {
+			ctx := t.Context()
+			for i := range 4 {
+				r := rooms[i%len(rooms)]
+				tk, err := r.Join(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := uint64(i + 1); tk.Number != want {
+					t.Fatalf("ticket %d joined with number %d, want %d", i, tk.Number, want)
+				}
+				st, err := rooms[(i+1)%len(rooms)].Status(ctx, tk.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Number != tk.Number {
+					t.Fatalf("Status says number %d, Join said %d", st.Number, tk.Number)
+				}
+			}
+		})
+	}
+}
