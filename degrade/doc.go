@@ -61,6 +61,7 @@
 // share of users for a percentage); bulwark.degrade.trigger.firings counts
 // triggers firing and recovering; bulwark.degrade.unknown counts unknown
 // names; bulwark.degrade.store.errors counts failed reads of the store;
-// bulwark.degrade.checks counts checks by feature and result when
+// bulwark.degrade.events.dropped counts change events dropped because
+// listeners fell behind; bulwark.degrade.checks counts checks by feature and result when
 // [WithCheckMetrics] asks for it.
 package degrade

@@ -7,9 +7,10 @@
 //   - [Local]: token buckets per key (client IP, user, merchant) in this
 //     process. Lock-free and allocation-free on the hot path, bounded in
 //     memory, no goroutine unless you ask for one.
-//   - [Redis]: the same limit shared by every instance of a service, one
-//     atomic Lua script per decision (GCRA) with Redis' clock, and an
-//     [OutagePolicy] for when Redis is unreachable.
+//   - [Redis]: the same limit shared by every instance of a service,
+//     decided by an atomic Lua script (GCRA) on Redis' clock, which
+//     concurrent decisions share, and an [OutagePolicy] for when Redis is
+//     unreachable.
 //   - [Adaptive]: a limit on requests in flight that follows measured
 //     latency, for the order path that must not fall over.
 //   - [Middleware]: net/http middleware answering 429 with Retry-After and

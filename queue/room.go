@@ -449,9 +449,6 @@ func WithRedis(client redis.UniversalClient) RoomOption {
 	return roomOptionFunc(func(c *roomConfig) { c.client = client })
 }
 
-// newTicketID returns the ID of ticket number seq: the number, which orders
-// the line, and 64 random bits, which make the ID impossible to guess from
-// the number.
 // ticketNumber reads the number a ticket ID begins with; 0 if it has none.
 func ticketNumber(id string) uint64 {
 	i := strings.IndexByte(id, '-')
@@ -465,6 +462,9 @@ func ticketNumber(id string) uint64 {
 	return n
 }
 
+// newTicketID returns the ID of ticket number seq: the number, which orders
+// the line, and 64 random bits, which make the ID impossible to guess from
+// the number.
 func newTicketID(seq uint64) string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
