@@ -165,16 +165,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}()
 	viewer := shop.NewToken()
 	for i := range o.instances {
-		name := "shop"
-		if o.instances > 1 {
-			name = fmt.Sprintf("shop-%d", i+1)
-		}
 		p := 0
 		if firstPort != 0 {
 			p = firstPort + i
 		}
 		cfg := shop.Config{
-			Instance:          name,
 			Prefix:            o.prefix,
 			Reset:             i == 0 && !o.serveOnly,
 			Stock:             stock,
@@ -185,11 +180,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			TriggerRecoverFor: clamp(o.duration/15, 600*time.Millisecond, 2*time.Second),
 			OperatorToken:     o.token,
 			ViewerToken:       viewer,
-			Logf: func(format string, args ...any) {
-				if printing.Load() {
-					say("%s %s: "+format+"\n", append([]any{time.Now().Format("15:04:05"), name}, args...)...)
-				}
-			},
+		}
+		cfg.Logf = func(format string, args ...any) {
+			if printing.Load() {
+				say("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+			}
 		}
 		in, err := startInstance(ctx, cfg, o.redisAddr, net.JoinHostPort(host, strconv.Itoa(p)))
 		if err != nil {
@@ -262,6 +257,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 // instance is one shop with its server, metrics and Redis client.
 type instance struct {
 	name   string
+	ln     net.Listener
 	url    string
 	shop   *shop.Shop
 	srv    *http.Server
@@ -271,13 +267,23 @@ type instance struct {
 }
 
 func startInstance(ctx context.Context, cfg shop.Config, redisAddr, addr string) (*instance, error) {
-	in := &instance{name: cfg.Instance, served: make(chan error, 1)}
+	in := &instance{served: make(chan error, 1)}
 	ok := false
 	defer func() {
 		if !ok {
 			in.close()
 		}
 	}()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	in.ln = ln
+	in.url = "http://" + ln.Addr().String() + "/"
+	// Named after its port: unique on this host, as instances sharing a
+	// Redis must be (the name is their payment buffer's consumer).
+	cfg.Instance = fmt.Sprintf("shop-%d", ln.Addr().(*net.TCPAddr).Port)
+	in.name = cfg.Instance
 
 	// Metrics: the OpenTelemetry SDK with the Prometheus exporter, each
 	// shop on a registry of its own.
@@ -304,26 +310,35 @@ func startInstance(ctx context.Context, cfg shop.Config, redisAddr, addr string)
 		return nil, err
 	}
 
+	// Shutdown waits for the requests in flight, payments included, but
+	// the console's event streams would hold it until its timeout: they
+	// end when shutdown begins.
+	closing, cancelClosing := context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/admin/", endOn(closing, in.shop.Handler()))
 	mux.Handle("/", in.shop.Handler())
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	in.url = "http://" + ln.Addr().String() + "/"
-	// Shutdown cancels the requests' context, which ends the console's
-	// event streams: they would otherwise hold Shutdown until its timeout.
-	base, cancelBase := context.WithCancel(context.Background())
-	in.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return base }}
-	in.srv.RegisterOnShutdown(cancelBase)
+	in.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	in.srv.RegisterOnShutdown(cancelClosing)
 	go func() { in.served <- in.srv.Serve(ln) }()
 	ok = true
 	return in, nil
 }
 
+// endOn cancels the requests h serves when stop is done.
+func endOn(stop context.Context, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		defer context.AfterFunc(stop, cancel)()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
 func (in *instance) close() {
+	if in.srv == nil && in.ln != nil {
+		_ = in.ln.Close()
+	}
 	if in.srv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		_ = in.srv.Shutdown(ctx)

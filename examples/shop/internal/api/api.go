@@ -28,10 +28,16 @@
 //	410 ticket_expired                       the ticket lapsed (not polled in time)
 //	403 token_missing, token_invalid, token_expired, token_replayed
 //	503 overloaded                           the order path shed the request (the token is not used up), Retry-After
+//	400 bad_request                          a body that is not an OrderRequest for a sale item (the token is not used up)
 //	409 sold_out                             no stock left for the item
 //	402 declined                             the card was declined: a final answer
-//	503 payment_unavailable                  payment could not even be buffered (the stock is given back)
-//	400 bad_request, 404 not_found
+//	503 unavailable                          the shop's store cannot be reached
+//	503 payment_unavailable                  payment could not even be buffered (the unit is given back)
+//	404 not_found                            no such product, or no such order of this user
+//
+// Once the token has been redeemed (any answer but overloaded and
+// bad_request), the admission is used up: a user who got 409, 402 or a 503
+// after it must join the line again.
 package api
 
 import "time"
@@ -94,12 +100,13 @@ type OrderRequest struct {
 // Order statuses.
 const (
 	StatusPaid     = "paid"     // a provider took the payment
-	StatusPending  = "pending"  // accepted and held in the buffer until a provider can take it
-	StatusDeclined = "declined" // the card was declined; the stock went back
+	StatusPending  = "pending"  // accepted and held in the buffer until a provider can take it (or being paid)
+	StatusDeclined = "declined" // the card was declined, at once or from the buffer; the unit went back
 )
 
-// OrderReply answers an order: 201 paid, 202 pending (accepted, payment
-// buffered), 402 declined.
+// OrderReply answers an accepted order: 201 paid, 202 pending (accepted,
+// payment buffered). A declined card gets 402 with an Error naming the
+// order.
 type OrderReply struct {
 	Order    string `json:"order"`
 	Status   string `json:"status"`
@@ -131,8 +138,8 @@ type Error struct {
 }
 
 // Stats is one instance's view of the shop, for the scenario's report.
-// Room, Stock, Orders, Buffered and Breakers are shared by the fleet when
-// the shop runs on Redis; Paid counts this instance's own providers.
+// With Redis, Room, Stock, Orders, PaidBy and Buffered are the fleet's;
+// Breakers, Degraded and ConcurrencyLimit are this instance's.
 type Stats struct {
 	Instance string           `json:"instance"`
 	Room     RoomStats        `json:"room"`
@@ -141,7 +148,8 @@ type Stats struct {
 	Orders map[string]int64 `json:"orders"`
 	// PaidBy counts payments taken, by provider, across the fleet.
 	PaidBy map[string]int64 `json:"paid_by"`
-	// Buffered is the depth of the payment buffer.
+	// Buffered is the number of payments the buffer holds, dead letters
+	// included.
 	Buffered int64 `json:"buffered"`
 	// Breakers gives each payment provider's breaker state on this
 	// instance: "closed", "open" or "half-open".
@@ -169,7 +177,8 @@ const (
 	OutcomeRepeat   = "repeat"  // an order already charged: answered as charged, not charged again
 )
 
-// Attempt is one call to a simulated payment provider.
+// Attempt is one call to a simulated payment provider, stamped when the
+// provider answered.
 type Attempt struct {
 	Order    string    `json:"order"`
 	Provider string    `json:"provider"`
@@ -177,8 +186,9 @@ type Attempt struct {
 	At       time.Time `json:"at"`
 }
 
-// Ledger is every call this instance's simulated providers received, in
-// order.
+// Ledger is every call the simulated providers received, in order: those
+// of this instance in memory, those of the whole fleet with Redis (the
+// providers stand for outside services, shared by every instance).
 type Ledger struct {
 	Instance string    `json:"instance"`
 	Attempts []Attempt `json:"attempts"`

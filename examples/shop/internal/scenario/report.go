@@ -498,7 +498,7 @@ func (r *run) summary(ctx context.Context) Result {
 			up = f
 		}
 	}
-	res.Checks = append(res.Checks, withLedgers(checkBackupWindow(r.start, sale, down.Sent, up.Answered, r.cfg.OpenTimeout+backupSlack), ledgerErr))
+	res.Checks = append(res.Checks, withLedgers(checkBackupWindow(r.start, sale, down.Sent, up.Answered, 2*r.cfg.OpenTimeout+backupSlack), ledgerErr))
 
 	// 5. Declines.
 	status := map[string]string{}

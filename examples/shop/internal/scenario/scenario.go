@@ -55,8 +55,10 @@ type Config struct {
 	// Load is the arrival rate during the rush, as a multiple of Rate; 0
 	// means 10.
 	Load float64
-	// OpenTimeout is the payment breakers' open timeout: how long after
-	// wxpay recovers its breakers may still send payments to alipay.
+	// OpenTimeout is the payment breakers' open timeout. After wxpay
+	// recovers, payments may still go to alipay for two open timeouts
+	// and a second: wxpay's breaker waits out its open timeout, and if
+	// its probe was sent just before the recovery and failed, another.
 	OpenTimeout time.Duration
 	// Drain is how long to wait, once the users are done, for buffered
 	// payments to be taken and the features the outage switched off to

@@ -50,7 +50,10 @@ func (s *Shop) routes() (http.Handler, error) {
 	apiMux.Handle("POST /api/sale/line", sale(joins.Handler(line)))
 	apiMux.Handle("GET /api/sale/line", sale(line))
 	apiMux.Handle("DELETE /api/sale/line", line)
-	apiMux.Handle("POST /api/sale/orders", sale(s.shed(queue.RequireAdmission(s.room)(http.HandlerFunc(s.placeOrder)))))
+	// The body is checked before the token is redeemed, so that a typo
+	// does not cost the user their place; the concurrency limit comes
+	// first, so that shedding does not either.
+	apiMux.Handle("POST /api/sale/orders", sale(s.shed(s.orderBody(queue.RequireAdmission(s.room)(http.HandlerFunc(s.placeOrder))))))
 	apiMux.HandleFunc("GET /api/orders/{id}", s.getOrder)
 	apiMux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.Error{Error: "not_found", Message: "No such endpoint."})
@@ -93,30 +96,36 @@ func (s *Shop) shed(next http.Handler) http.Handler {
 				Message: "Too many orders at once: your place is kept, try again in a second.", RetryAfterSeconds: 1})
 			return
 		}
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(rec, r)
-		if rec.status >= 500 {
-			p.Dropped()
-		} else {
-			p.Finish(nil)
-		}
+		// The latency of every answer moves the limit; a refusal by
+		// another part (a 503 while Redis is down) is no sign that the
+		// order path is overloaded.
+		defer p.Finish(nil)
+		next.ServeHTTP(w, r)
 	})
 }
 
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
+type orderKey struct{}
 
-func (r *statusRecorder) WriteHeader(code int) {
-	r.status = code
-	r.ResponseWriter.WriteHeader(code)
+// orderBody reads and checks the body of an order before anything else
+// looks at the request.
+func (s *Shop) orderBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req api.OrderRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10)).Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, api.Error{Error: "bad_request", Message: "The body must be {\"sku\":...,\"card\":...}."})
+			return
+		}
+		if p, ok := s.product(req.SKU); !ok || !p.FlashSale || req.Card == "" {
+			writeError(w, http.StatusBadRequest, api.Error{Error: "bad_request",
+				Message: fmt.Sprintf("sku must be one of %v and card must be set.", s.saleSKUs)})
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), orderKey{}, req)))
+	})
 }
-
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func (s *Shop) products(w http.ResponseWriter, r *http.Request) {
-	left, err := s.stock.left(r.Context())
+	left, err := s.sale.left(r.Context())
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, api.Error{Error: "unavailable", Message: "The catalogue is unavailable."})
 		return
@@ -150,7 +159,7 @@ func (s *Shop) productPage(w http.ResponseWriter, r *http.Request) {
 	}
 	page := api.ProductPage{Product: p}
 	if p.FlashSale {
-		if left, err := s.stock.left(ctx); err == nil {
+		if left, err := s.sale.left(ctx); err == nil {
 			page.Product.StockLeft = left[p.SKU]
 		}
 	}
@@ -182,129 +191,134 @@ func degraded(err error) api.Degraded {
 	return api.Degraded{Message: err.Error()}
 }
 
-// placeOrder sells one unit to an admitted user. The unit is taken first,
-// atomically, so nothing is oversold; then the payment goes through the
-// failover. A payment no provider could take is not lost: the order is
-// accepted as pending and its payment waits in the buffer.
+// placeOrder sells one unit to an admitted user. The unit is taken and the
+// order created as pending in one atomic step, so nothing is oversold;
+// then the payment goes through the failover. A payment no provider could
+// take is not lost: the order is accepted as pending and its payment waits
+// in the buffer.
 func (s *Shop) placeOrder(w http.ResponseWriter, r *http.Request) {
-	var req api.OrderRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10)).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, api.Error{Error: "bad_request", Message: "The body must be {\"sku\":...,\"card\":...}."})
-		return
-	}
-	p, ok := s.product(req.SKU)
-	if !ok || !p.FlashSale || req.Card == "" {
-		writeError(w, http.StatusBadRequest, api.Error{Error: "bad_request",
-			Message: fmt.Sprintf("sku must be one of %v and card must be set.", s.saleSKUs)})
-		return
-	}
+	req := r.Context().Value(orderKey{}).(api.OrderRequest)
 	ctx := r.Context()
-	if err := s.stock.take(ctx, req.SKU); err != nil {
+	now := time.Now()
+	o := order{Order: api.Order{ID: s.newOrderID(), User: r.Header.Get(api.UserHeader), SKU: req.SKU,
+		Status: api.StatusPending, Created: now, Updated: now}, Card: req.Card}
+	if err := s.sale.reserve(ctx, o); err != nil {
 		if errors.Is(err, errSoldOut) {
 			writeError(w, http.StatusConflict, api.Error{Error: "sold_out", Message: "Sold out, sorry."})
 			return
 		}
+		s.cfg.Logf("order %s: %v", o.ID, err)
 		writeError(w, http.StatusServiceUnavailable, api.Error{Error: "unavailable", Message: "The shop cannot sell right now."})
 		return
 	}
 
-	// From here on the unit is taken: the order is settled even if the
-	// client goes away.
-	now := time.Now()
-	o := order{Order: api.Order{ID: s.newOrderID(), User: r.Header.Get(api.UserHeader), SKU: req.SKU, Created: now, Updated: now}, Card: req.Card}
+	// From here on the unit is held by the order: the order is settled
+	// even if the client goes away.
 	payCtx, cancel := context.WithTimeout(ctx, s.cfg.PaymentTimeout)
 	res, err := s.pay.Execute(payCtx, func(ctx context.Context, name string) (string, error) {
 		return s.provs[name].charge(ctx, o.ID, o.Card)
 	})
 	cancel()
+	declined := errors.Is(err, errDeclined)
 	s.latency.Record(time.Since(now))
-	s.errRate.Observe(err != nil && !errors.Is(err, errDeclined))
+	if declined {
+		s.errRate.Record(nil) // the provider worked: the card said no
+	} else {
+		s.errRate.Record(err) // a caller who went away is not counted
+	}
 
 	bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancelBg()
 	switch {
 	case err == nil:
-		o.Status, o.Provider = api.StatusPaid, res.Provider
-		if err := s.orders.create(bg, o); err != nil {
-			s.cfg.Logf("order %s paid by %s but not recorded: %v", o.ID, o.Provider, err)
-			writeError(w, http.StatusInternalServerError, api.Error{Error: "internal", Message: "Paid, but the order could not be recorded; support will contact you.", Order: o.ID})
-			return
+		if _, err := s.sale.pay(bg, o.ID, res.Provider); err != nil {
+			s.reconcile(bg, o, err)
 		}
-		writeJSON(w, http.StatusCreated, api.OrderReply{Order: o.ID, Status: o.Status, Provider: o.Provider})
-	case errors.Is(err, errDeclined):
-		o.Status = api.StatusDeclined
-		err := errors.Join(s.orders.create(bg, o), s.stock.giveBack(bg, o.SKU))
-		if err != nil {
-			s.cfg.Logf("declined order %s: %v", o.ID, err)
+		writeJSON(w, http.StatusCreated, api.OrderReply{Order: o.ID, Status: api.StatusPaid, Provider: res.Provider})
+	case declined:
+		if _, err := s.sale.decline(bg, o.ID); err != nil {
+			s.reconcile(bg, o, err)
 		}
 		writeError(w, http.StatusPaymentRequired, api.Error{Error: "declined", Message: "Your card was declined.", Order: o.ID})
 	default:
 		// No provider took the payment: every breaker was open, every
 		// provider failed, or the time ran out. Hold it in the buffer.
-		o.Status = api.StatusPending
-		if err := s.hold(bg, o); err != nil {
-			s.cfg.Logf("order %s could not be held: %v", o.ID, err)
+		if _, err := s.buffer.Enqueue(bg, o.ID, []byte(o.ID)); err != nil {
+			if _, cerr := s.sale.cancel(bg, o.ID); cerr != nil {
+				s.cfg.Logf("order %s could be neither held (%v) nor cancelled (%v): it stays pending", o.ID, err, cerr)
+			}
 			writeError(w, http.StatusServiceUnavailable, api.Error{Error: "payment_unavailable",
 				Message: "Payment is unavailable and the order could not be kept; nothing was charged."})
 			return
 		}
-		writeJSON(w, http.StatusAccepted, api.OrderReply{Order: o.ID, Status: o.Status,
+		writeJSON(w, http.StatusAccepted, api.OrderReply{Order: o.ID, Status: api.StatusPending,
 			Message: "Order accepted: payment will complete as soon as the payment service recovers."})
 	}
 }
 
-// hold records a pending order and puts its payment in the buffer; on
-// failure it undoes both and gives the unit back.
-func (s *Shop) hold(ctx context.Context, o order) error {
-	if err := s.orders.create(ctx, o); err != nil {
-		return errors.Join(err, s.stock.giveBack(ctx, o.SKU))
-	}
+// reconcile hands an order whose provider answered but whose answer could
+// not be recorded to the buffer: its handler asks the providers what they
+// did before paying anything, and records that.
+func (s *Shop) reconcile(ctx context.Context, o order, cause error) {
 	if _, err := s.buffer.Enqueue(ctx, o.ID, []byte(o.ID)); err != nil {
-		return errors.Join(err, s.orders.remove(ctx, o.ID), s.stock.giveBack(ctx, o.SKU))
+		s.cfg.Logf("order %s: the payment's outcome could not be recorded (%v) nor queued for reconciliation (%v): it stays pending", o.ID, cause, err)
 	}
-	return nil
 }
 
-// payBuffered is the buffer's handler: it takes the payment of a pending
-// order. A breaker's refusal defers the message (WithDeferIf); a provider
-// failure counts as an attempt and is retried after a backoff.
+// payBuffered is the buffer's handler: it settles a pending order. It
+// first asks the providers whether an earlier attempt already charged or
+// declined the order (an outcome that was not recorded, or a delivery
+// repeated after a crash), so that no payment is taken twice and no
+// declined card is tried again. A breaker's refusal defers the message
+// (WithDeferIf); a provider failure counts as an attempt and is retried
+// after a backoff.
 func (s *Shop) payBuffered(ctx context.Context, m queue.Message) error {
 	id := string(m.Body)
-	o, ok, err := s.orders.get(ctx, id)
+	o, ok, err := s.sale.get(ctx, id)
 	if err != nil {
 		return err
 	}
 	if !ok || o.Status != api.StatusPending {
-		return nil // settled by an earlier delivery, or from another sale
+		return nil // settled by an earlier delivery, or cancelled
+	}
+	prov, outcome, err := s.gw.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	switch outcome {
+	case api.OutcomeCharged:
+		_, err = s.sale.pay(ctx, id, prov)
+		return err
+	case api.OutcomeDeclined:
+		_, err = s.sale.decline(ctx, id)
+		return err
 	}
 	res, err := s.pay.Execute(ctx, func(ctx context.Context, name string) (string, error) {
 		return s.provs[name].charge(ctx, o.ID, o.Card)
 	})
 	switch {
 	case err == nil:
-		_, err = s.orders.transition(ctx, id, api.StatusPending, api.StatusPaid, res.Provider)
-		return err
+		_, err = s.sale.pay(ctx, id, res.Provider)
 	case errors.Is(err, errDeclined):
-		moved, err := s.orders.transition(ctx, id, api.StatusPending, api.StatusDeclined, "")
-		if err == nil && moved {
-			err = s.stock.giveBack(ctx, o.SKU)
-		}
-		return err
-	default:
-		return err
+		_, err = s.sale.decline(ctx, id)
 	}
+	return err
 }
 
+// newOrderID returns an order ID: the instance, a sequence number to read
+// by, and random bits so that IDs cannot be guessed.
 func (s *Shop) newOrderID() string {
-	return fmt.Sprintf("%s-%s-%d", s.cfg.Instance, s.orderTag, s.orderSeq.Add(1))
+	return fmt.Sprintf("%s-%d-%s", s.cfg.Instance, s.orderSeq.Add(1), randomHex(4))
 }
 
+// getOrder shows an order to the user who placed it; to anyone else it
+// does not exist.
 func (s *Shop) getOrder(w http.ResponseWriter, r *http.Request) {
-	o, ok, err := s.orders.get(r.Context(), r.PathValue("id"))
+	o, ok, err := s.sale.get(r.Context(), r.PathValue("id"))
 	switch {
 	case err != nil:
 		writeError(w, http.StatusServiceUnavailable, api.Error{Error: "unavailable", Message: "Orders are unavailable."})
-	case !ok:
+	case !ok || o.User != r.Header.Get(api.UserHeader):
 		writeError(w, http.StatusNotFound, api.Error{Error: "not_found", Message: "No such order."})
 	default:
 		writeJSON(w, http.StatusOK, o.Order)
@@ -331,17 +345,17 @@ func (s *Shop) Stats(ctx context.Context) (api.Stats, error) {
 		return st, fmt.Errorf("room: %w", err)
 	}
 	st.Room = api.RoomStats{Length: rs.Length, Active: rs.Active, Outflow: rs.Outflow, ETASeconds: rs.ETA.Seconds()}
-	if st.Stock, err = s.stock.left(ctx); err != nil {
+	if st.Stock, err = s.sale.left(ctx); err != nil {
 		return st, fmt.Errorf("stock: %w", err)
 	}
-	if st.Orders, st.PaidBy, err = s.orders.counts(ctx); err != nil {
+	if st.Orders, st.PaidBy, err = s.sale.counts(ctx); err != nil {
 		return st, fmt.Errorf("orders: %w", err)
 	}
 	bs, err := s.buffer.Stats(ctx)
 	if err != nil {
 		return st, fmt.Errorf("buffer: %w", err)
 	}
-	st.Buffered = bs.Depth
+	st.Buffered = bs.Depth + bs.Dead
 	for _, name := range s.pay.Providers() {
 		st.Breakers[name] = s.pay.Breaker(name).State().String()
 	}
@@ -364,43 +378,56 @@ func (s *Shop) serveStats(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Shop) serveLedger(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, api.Ledger{Instance: s.cfg.Instance, Attempts: s.ledger.snapshot()})
+	l, err := s.gw.ledger(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, api.Error{Error: "unavailable", Message: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, l)
 }
 
 func (s *Shop) serveProviders(w http.ResponseWriter, r *http.Request) {
 	out := make([]api.ProviderFault, 0, len(s.provs))
 	for _, name := range s.pay.Providers() {
-		out = append(out, s.provs[name].currentFault())
+		f, err := s.gw.fault(r.Context(), name)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, api.Error{Error: "unavailable", Message: err.Error()})
+			return
+		}
+		out = append(out, f)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
+// setProvider changes how a simulated provider behaves; with Redis, for
+// every instance.
 func (s *Shop) setProvider(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.provs[r.PathValue("name")]
-	if !ok {
-		writeError(w, http.StatusNotFound, api.Error{Error: "not_found", Message: "No such provider."})
-		return
-	}
 	var f api.ProviderFault
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10)).Decode(&f); err != nil {
 		writeError(w, http.StatusBadRequest, api.Error{Error: "bad_request", Message: err.Error()})
 		return
 	}
-	if err := p.setFault(f); err != nil {
+	f.Name = r.PathValue("name")
+	switch err := s.SetProvider(r.Context(), f); {
+	case errors.Is(err, errNoProvider):
+		writeError(w, http.StatusNotFound, api.Error{Error: "not_found", Message: err.Error()})
+	case err != nil:
 		writeError(w, http.StatusBadRequest, api.Error{Error: "bad_request", Message: err.Error()})
-		return
+	default:
+		s.cfg.Logf("provider %s: fail %.0f%%, hang %.0f%%, latency %dms", f.Name, 100*f.FailRate, 100*f.HangRate, f.LatencyMS)
+		writeJSON(w, http.StatusOK, f)
 	}
-	s.cfg.Logf("provider %s: fail %.0f%%, hang %.0f%%, latency %dms", p.name, 100*f.FailRate, 100*f.HangRate, f.LatencyMS)
-	writeJSON(w, http.StatusOK, p.currentFault())
 }
 
-// SetProvider changes how a simulated provider behaves.
-func (s *Shop) SetProvider(f api.ProviderFault) error {
-	p, ok := s.provs[f.Name]
-	if !ok {
-		return fmt.Errorf("no provider %q", f.Name)
+var errNoProvider = errors.New("no such provider")
+
+// SetProvider changes how a simulated provider behaves; with Redis, for
+// every instance.
+func (s *Shop) SetProvider(ctx context.Context, f api.ProviderFault) error {
+	if _, ok := s.provs[f.Name]; !ok {
+		return fmt.Errorf("%w: %q", errNoProvider, f.Name)
 	}
-	return p.setFault(f)
+	return s.gw.setFault(ctx, f)
 }
 
 func (s *Shop) index(w http.ResponseWriter, r *http.Request) {

@@ -24,6 +24,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
@@ -56,16 +57,20 @@ const (
 // Config configures a shop instance. The zero value of each field but
 // Stock gives the default stated beside it.
 type Config struct {
-	// Instance names this instance in stats and logs ("shop").
+	// Instance names this instance in stats, logs and order IDs, and
+	// names its payment buffer's consumer: instances sharing Redis must
+	// have distinct names ("shop").
 	Instance string
 	// Redis, if set, holds everything the fleet shares. Nil keeps it all
 	// in this process.
 	Redis redis.UniversalClient
-	// Prefix of every Redis key ("bulwark-shop:"); no '{' or '}'.
+	// Prefix of every Redis key ("bulwark-shop:"), without braces, glob
+	// characters or spaces.
 	Prefix string
-	// Reset starts a new sale in Redis: the stock is set to Stock and the
-	// orders of an earlier sale are deleted. Without it an instance joins
-	// the sale under way and sets the stock only where none is set.
+	// Reset starts a new sale in Redis: the stock is set to Stock, and the
+	// orders and the payment providers' records of an earlier sale are
+	// deleted. Without it an instance joins the sale under way and sets
+	// the stock only where none is set.
 	Reset bool
 
 	// Stock is the units of each flash-sale item; required.
@@ -102,8 +107,12 @@ type Config struct {
 	// MeterProvider receives the metrics of every component (the global
 	// provider if nil).
 	MeterProvider metric.MeterProvider
+	// wrapSale, in tests, wraps the sale's store to inject failures.
+	wrapSale func(sale) sale
+
 	// Logf reports what the shop does by itself: breakers changing state,
-	// features switching (discarded if nil).
+	// features switching (discarded if nil). Each line starts with the
+	// instance's name.
 	Logf func(format string, args ...any)
 }
 
@@ -113,9 +122,8 @@ type Shop struct {
 	catalog  []api.Product
 	saleSKUs []string
 
-	stock    stock
-	orders   orders
-	ledger   *ledger
+	sale     sale
+	gw       gateway
 	provs    map[string]*provider
 	pay      *breaker.Failover[string]
 	fleet    *breaker.Fleet
@@ -129,7 +137,6 @@ type Shop struct {
 	errRate  *degrade.ErrorRate
 	handler  http.Handler
 	orderSeq atomic.Uint64
-	orderTag string
 
 	stopBuffer  context.CancelFunc
 	bufferDone  chan struct{}
@@ -187,10 +194,13 @@ func (c *Config) setDefaults() error {
 	def(&c.TriggerRecoverFor, 2*time.Second)
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
+	} else {
+		logf, name := c.Logf, c.Instance
+		c.Logf = func(format string, args ...any) { logf("%s: "+format, append([]any{name}, args...)...) }
 	}
 	switch {
-	case strings.ContainsAny(c.Prefix, "{}"):
-		return fmt.Errorf("shop: Prefix %q: must not contain '{' or '}'", c.Prefix)
+	case strings.ContainsAny(c.Prefix, prefixForbidden):
+		return fmt.Errorf("shop: Prefix %q: must not contain any of %q", c.Prefix, prefixForbidden)
 	case c.Rate < 0:
 		return fmt.Errorf("shop: Rate %v: must be positive", c.Rate)
 	case c.MaxLine < 0:
@@ -222,8 +232,6 @@ func New(ctx context.Context, cfg Config) (*Shop, error) {
 		cfg:      cfg,
 		catalog:  slices.Clone(catalogue),
 		saleSKUs: SaleSKUs(),
-		ledger:   &ledger{},
-		orderTag: randomHex(3),
 	}
 	ok := false
 	defer func() {
@@ -232,7 +240,7 @@ func New(ctx context.Context, cfg Config) (*Shop, error) {
 		}
 	}()
 	mp := cfg.MeterProvider
-	if err := s.buildStorage(ctx); err != nil {
+	if err := s.buildSale(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.buildPayments(ctx, mp); err != nil {
@@ -259,22 +267,36 @@ func New(ctx context.Context, cfg Config) (*Shop, error) {
 	return s, nil
 }
 
-func (s *Shop) buildStorage(ctx context.Context) error {
+// prefixForbidden are the characters a key prefix must not hold: the hash
+// tag's braces, and what a SCAN pattern would read as a glob.
+const prefixForbidden = "{}*?[]\\ "
+
+func (s *Shop) buildSale(ctx context.Context) error {
+	if err := s.buildSaleStores(ctx); err != nil {
+		return err
+	}
+	if s.cfg.wrapSale != nil {
+		s.sale = s.cfg.wrapSale(s.sale)
+	}
+	return nil
+}
+
+func (s *Shop) buildSaleStores(ctx context.Context) error {
 	c := s.cfg
 	if c.Redis == nil {
-		s.stock = newMemoryStock(c.Stock)
-		s.orders = newMemoryOrders()
+		s.sale = newMemorySale(c.Stock)
+		s.gw = newMemoryGateway(c.Instance, c.ProviderLatency)
 		return nil
 	}
-	rs := &redisStock{client: c.Redis, key: c.Prefix + "{stock}", skus: s.saleSKUs}
-	ro := &redisOrders{client: c.Redis, prefix: c.Prefix + "{orders}:"}
-	s.stock, s.orders = rs, ro
+	rs := &redisSale{client: c.Redis, prefix: c.Prefix + "{sale}:", skus: s.saleSKUs}
+	gw := &redisGateway{client: c.Redis, prefix: c.Prefix + "{gateway}:", latency: c.ProviderLatency}
+	s.sale, s.gw = rs, gw
 	if c.Reset {
-		if err := ro.reset(ctx); err != nil {
-			return fmt.Errorf("shop: resetting the orders: %w", err)
-		}
 		if err := rs.reset(ctx, c.Stock); err != nil {
-			return fmt.Errorf("shop: resetting the stock: %w", err)
+			return fmt.Errorf("shop: resetting the sale: %w", err)
+		}
+		if err := gw.reset(ctx); err != nil {
+			return fmt.Errorf("shop: resetting the payment providers: %w", err)
 		}
 		return nil
 	}
@@ -287,8 +309,8 @@ func (s *Shop) buildStorage(ctx context.Context) error {
 func (s *Shop) buildPayments(ctx context.Context, mp metric.MeterProvider) error {
 	c := s.cfg
 	s.provs = map[string]*provider{
-		Primary: newProvider(Primary, s.ledger, 1, c.ProviderLatency),
-		Backup:  newProvider(Backup, s.ledger, 2, c.ProviderLatency),
+		Primary: {name: Primary, gw: s.gw, rng: mrand.New(mrand.NewPCG(1, mrand.Uint64()))},
+		Backup:  {name: Backup, gw: s.gw, rng: mrand.New(mrand.NewPCG(2, mrand.Uint64()))},
 	}
 	popts := []breaker.Option{
 		// Five failures in a row, or half of the last 20 calls within
@@ -359,8 +381,10 @@ func (s *Shop) buildRoom(ctx context.Context, mp metric.MeterProvider) error {
 		queue.WithSigner(signer),
 		queue.WithMaxLength(c.MaxLine),
 		queue.WithMaxWait(c.MaxWait),
+		// Clients poll every second or two; a ticket not polled for 10
+		// seconds has been abandoned. An admission lasts as long as its
+		// token (two minutes, the default of both).
 		queue.WithTicketTTL(10 * time.Second),
-		queue.WithAdmissionTTL(30 * time.Second),
 		queue.WithPollInterval(time.Second, 2*time.Second),
 		queue.WithMeterProvider(mp),
 	}

@@ -3,12 +3,14 @@ package shop
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,20 +232,20 @@ func TestPaymentsBufferedWhileEveryProviderIsDown(t *testing.T) {
 	forBoth(t, func(t *testing.T, redis bool) {
 		s, srv := testShop(t, redis, 50)
 		down := func(name string, rate float64) {
-			if err := s.SetProvider(api.ProviderFault{Name: name, FailRate: rate}); err != nil {
+			if err := s.SetProvider(t.Context(), api.ProviderFault{Name: name, FailRate: rate}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		down(Primary, 1)
 		down(Backup, 1)
-		var pending []string
+		var pending, owners []string
 		for i := range 12 {
 			u := fmt.Sprintf("b%d", i)
 			code, rep, e := buy(t, srv, u, admit(t, srv, u), "mooncake-box", api.CardOK)
 			if code != http.StatusAccepted || rep.Status != api.StatusPending {
 				t.Fatalf("order %d while payment is down: %d %+v %+v", i, code, rep, e)
 			}
-			pending = append(pending, rep.Order)
+			pending, owners = append(pending, rep.Order), append(owners, u)
 		}
 		if st := stats(t, srv); st.Breakers[Primary] != "open" || st.Breakers[Backup] != "open" || st.Buffered != 12 {
 			t.Fatalf("stats while down: %+v", st)
@@ -267,9 +269,9 @@ func TestPaymentsBufferedWhileEveryProviderIsDown(t *testing.T) {
 				charged[a.Order]++
 			}
 		}
-		for _, id := range pending {
+		for i, id := range pending {
 			var o api.Order
-			call(t, srv, "GET", "/api/orders/"+id, "reader-"+id, nil, nil, &o)
+			call(t, srv, "GET", "/api/orders/"+id, owners[i], nil, nil, &o)
 			if o.Status != api.StatusPaid || o.Provider != Backup || charged[id] != 1 {
 				t.Fatalf("order %s: %+v, charged %d times", id, o, charged[id])
 			}
@@ -366,6 +368,7 @@ func TestConfigValidation(t *testing.T) {
 		"not a flash":    func(c *Config) { c.Stock["thermos"] = 1 },
 		"ViewerToken":    func(c *Config) { c.ViewerToken = c.OperatorToken },
 		"Prefix":         func(c *Config) { c.Prefix = "a{b}" },
+		"Prefix ":        func(c *Config) { c.Prefix = "sale*" },
 		"AttemptTimeout": func(c *Config) { c.AttemptTimeout = time.Hour },
 	}
 	for want, f := range cases {
@@ -378,5 +381,97 @@ func TestConfigValidation(t *testing.T) {
 		} else if !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %q does not name it", want, err)
 		}
+	}
+}
+
+// flakySale fails the first calls of pay and decline, as a store that
+// cannot be reached would, after the provider has answered.
+type flakySale struct {
+	sale
+	failPay, failDecline atomic.Int32
+}
+
+var errStoreDown = errors.New("store unreachable")
+
+func (f *flakySale) pay(ctx context.Context, id, provider string) (bool, error) {
+	if f.failPay.Add(-1) >= 0 {
+		return false, errStoreDown
+	}
+	return f.sale.pay(ctx, id, provider)
+}
+
+func (f *flakySale) decline(ctx context.Context, id string) (bool, error) {
+	if f.failDecline.Add(-1) >= 0 {
+		return false, errStoreDown
+	}
+	return f.sale.decline(ctx, id)
+}
+
+func TestOutcomeNotRecordedIsReconciledNotRepeated(t *testing.T) {
+	// A payment taken, or a card declined, whose outcome the store could
+	// not record, is settled from the buffer by asking the providers:
+	// never charged twice, never retried at the backup, the unit back
+	// once for the decline.
+	forBoth(t, func(t *testing.T, redis bool) {
+		flaky := &flakySale{}
+		flaky.failPay.Store(3)
+		flaky.failDecline.Store(3)
+		s, srv := testShop(t, redis, 5, func(c *Config) {
+			c.wrapSale = func(inner sale) sale { flaky.sale = inner; return flaky }
+		})
+		code, rep, _ := buy(t, srv, "p1", admit(t, srv, "p1"), "tea-set", api.CardOK)
+		if code != http.StatusCreated || rep.Provider != Primary {
+			t.Fatalf("paid order: %d %+v", code, rep)
+		}
+		code, _, e := buy(t, srv, "p2", admit(t, srv, "p2"), "tea-set", api.CardDeclined)
+		if code != http.StatusPaymentRequired {
+			t.Fatalf("declined order: %d %+v", code, e)
+		}
+		// wxpay goes down: a repeated charge would go to alipay.
+		if err := s.SetProvider(t.Context(), api.ProviderFault{Name: Primary, FailRate: 1}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			st := stats(t, srv)
+			if st.Orders[api.StatusPaid] == 1 && st.Orders[api.StatusDeclined] == 1 && st.Orders[api.StatusPending] == 0 {
+				if st.Stock["tea-set"] != 4 || st.PaidBy[Primary] != 1 {
+					t.Fatalf("settled, but %+v", st)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not reconciled: %+v", st)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		for _, a := range stockLedger(t, srv) {
+			if a.Provider == Backup || a.Outcome == api.OutcomeRepeat {
+				t.Fatalf("a settled order was asked again: %+v", a)
+			}
+		}
+	})
+}
+
+func TestBadOrderKeepsTheAdmission(t *testing.T) {
+	_, srv := testShop(t, false, 5)
+	tok := admit(t, srv, "typo")
+	if code, _, e := buy(t, srv, "typo", tok, "teaset", api.CardOK); code != http.StatusBadRequest {
+		t.Fatalf("unknown SKU: %d %+v", code, e)
+	}
+	if code, rep, e := buy(t, srv, "typo", tok, "tea-set", api.CardOK); code != http.StatusCreated {
+		t.Fatalf("the same token after a typo: %d %+v %+v", code, rep, e)
+	}
+}
+
+func TestOrdersAreShownToTheirOwnersOnly(t *testing.T) {
+	_, srv := testShop(t, false, 5)
+	_, rep, _ := buy(t, srv, "alice", admit(t, srv, "alice"), "tea-set", api.CardOK)
+	var o api.Order
+	if resp := call(t, srv, "GET", "/api/orders/"+rep.Order, "alice", nil, nil, &o); resp.StatusCode != 200 || o.User != "alice" {
+		t.Fatalf("alice's own order: %d %+v", resp.StatusCode, o)
+	}
+	if resp := call(t, srv, "GET", "/api/orders/"+rep.Order, "mallory", nil, nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("mallory reading alice's order: %d", resp.StatusCode)
 	}
 }
