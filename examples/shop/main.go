@@ -25,8 +25,8 @@
 // down and no declined card was retried. The exit status is 1 if a check
 // failed (with -exit, at once; otherwise when the shop is stopped).
 //
-// With -redis and two separate processes (-addr :8080 and -addr :8081,
-// the second with -serve-only), both share one sale.
+// With -redis, separate processes share one sale: start one with
+// -serve-only -addr 127.0.0.1:8081, then one that plays the scenario.
 package main
 
 import (
