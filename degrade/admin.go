@@ -693,6 +693,11 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any, required bool) er
 	if dec.More() {
 		return badRequest("the body holds more than one JSON value")
 	}
+	// More is false at a '}' or ']' as well as at the end: only JSON
+	// whitespace may follow the value.
+	if off := dec.InputOffset(); len(bytes.TrimLeft(b[off:], " \t\r\n")) > 0 {
+		return badRequest(fmt.Sprintf("the body is not valid JSON: it goes on after its value (at byte %d)", off))
+	}
 	return nil
 }
 

@@ -756,3 +756,222 @@ func TestAdminEventsEndWithSwitchboard(t *testing.T) {
 		t.Fatalf("the stream did not end cleanly: %v (read %q)", err, rest)
 	}
 }
+func mustAudit(t *testing.T, sb *degrade.Switchboard) []degrade.AuditEntry {
+	t.Helper()
+	entries, err := sb.Audit(context.Background(), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
+func mustMarshal(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// switchboardJSON is what the switchboard holds: every status and the
+// shed level.
+func switchboardJSON(t *testing.T, sb *degrade.Switchboard) string {
+	t.Helper()
+	return mustMarshal(t, struct {
+		Features []degrade.Status
+		Shed     degrade.Level
+	}{sb.Features(), sb.Shedding()})
+}
+
+// Writes that are refused, for want of credentials, of the operator role,
+// of the console's origin or of a body of a sane size, change neither the
+// switchboard nor the audit trail, whatever they would have changed.
+func TestAdminRefusedWritesChangeNothing(t *testing.T) {
+	e := newAdmin(t, nil)
+	ctx := t.Context()
+	// Something for each write to undo or redo.
+	if err := e.sb.Set(ctx, "reviews", degrade.State{Mode: degrade.On}, degrade.Change{By: "setup", Reason: "setup"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sb.Shed(ctx, degrade.Optional, degrade.Change{By: "setup", Reason: "setup"}); err != nil {
+		t.Fatal(err)
+	}
+	huge := `{"state":{"mode":"off"},"reason":"` + strings.Repeat("x", 64<<10) + `"}`
+	writes := []struct{ method, path, body string }{
+		{"PUT", "/api/features/recommend", `{"state":{"mode":"off"},"reason":"r"}`},
+		{"DELETE", "/api/features/reviews", `{"reason":"r"}`},
+		{"DELETE", "/api/features/reviews", ""},
+		{"POST", "/api/shed", `{"level":"important","reason":"r"}`},
+		{"POST", "/api/restore", `{"reason":"r"}`},
+		{"POST", "/api/restore", ""},
+	}
+	type refusal struct {
+		name   string
+		token  string
+		hdr    []string
+		status int
+		code   string
+	}
+	refusals := []refusal{
+		{"no credentials", "", nil, 401, "unauthenticated"},
+		{"wrong token", "not-a-valid-token-at-all", nil, 401, "unauthenticated"},
+		{"operator token prefix", operatorToken[:len(operatorToken)-1], nil, 401, "unauthenticated"},
+		{"basic auth", "", []string{"Authorization", "Basic YWxpY2U6c2VjcmV0"}, 401, "unauthenticated"},
+		{"viewer", viewerToken, nil, 403, "forbidden"},
+		{"viewer from the console", viewerToken, []string{"Sec-Fetch-Site", "same-origin"}, 403, "forbidden"},
+		{"operator cross-site", operatorToken, []string{"Sec-Fetch-Site", "cross-site"}, 403, "cross_origin"},
+		{"operator same-site", operatorToken, []string{"Sec-Fetch-Site", "same-site"}, 403, "cross_origin"},
+		{"operator from another origin", operatorToken, []string{"Origin", "https://evil.example"}, 403, "cross_origin"},
+		{"no credentials cross-site", "", []string{"Sec-Fetch-Site", "cross-site"}, 403, "cross_origin"},
+	}
+	before := switchboardJSON(t, e.sb)
+	entries := len(mustAudit(t, e.sb))
+	for _, w := range writes {
+		for _, rf := range refusals {
+			r := e.do(t, w.method, w.path, rf.token, w.body, rf.hdr...)
+			if r.status != rf.status || r.err(t).Error != rf.code {
+				t.Errorf("%s %s %s: %d %s, want %d %s", rf.name, w.method, w.path, r.status, r.body, rf.status, rf.code)
+			}
+		}
+		// Too large, from an operator: refused before it is read through.
+		if w.body != "" {
+			r := e.do(t, w.method, w.path, operatorToken, huge)
+			if r.status != http.StatusRequestEntityTooLarge || r.err(t).Error != "too_large" {
+				t.Errorf("oversized %s %s: %d %s", w.method, w.path, r.status, r.body)
+			}
+		}
+		if got := switchboardJSON(t, e.sb); got != before {
+			t.Fatalf("refused %s %s changed the switchboard:\n%s\nto\n%s", w.method, w.path, before, got)
+		}
+		if got := mustAudit(t, e.sb); len(got) != entries {
+			t.Fatalf("refused %s %s added to the audit trail: %+v", w.method, w.path, got[0])
+		}
+	}
+	// The same writes from the operator go through.
+	for _, w := range writes {
+		wantStatus(t, e.do(t, w.method, w.path, operatorToken, w.body), http.StatusOK)
+	}
+	if got := mustAudit(t, e.sb); len(got) != entries+len(writes) {
+		t.Errorf("%d audit entries after %d accepted writes, want %d", len(got), len(writes), entries+len(writes))
+	}
+}
+
+// The body limit is 64 KiB exactly: a body of that size is read, one
+// byte more is refused with 413 and changes nothing.
+func TestAdminBodyLimit(t *testing.T) {
+	e := newAdmin(t, nil)
+	const limit = 64 << 10
+	body := func(size int) string {
+		const head, tail = `{"state":{"mode":"off"},"reason":"`, `"}`
+		return head + strings.Repeat("x", size-len(head)-len(tail)) + tail
+	}
+	before := switchboardJSON(t, e.sb)
+	r := e.do(t, "PUT", "/api/features/recommend", operatorToken, body(limit+1))
+	wantStatus(t, r, http.StatusRequestEntityTooLarge)
+	if b := r.err(t); b.Error != "too_large" || !strings.Contains(b.Message, "64 KiB") {
+		t.Errorf("got %+v", b)
+	}
+	if got := switchboardJSON(t, e.sb); got != before || len(mustAudit(t, e.sb)) != 0 {
+		t.Fatalf("an oversized body changed state:\n%s\nto\n%s", before, got)
+	}
+	// A body of exactly the limit, also with JSON whitespace after it.
+	wantStatus(t, e.do(t, "PUT", "/api/features/recommend", operatorToken, body(limit)), http.StatusOK)
+	wantStatus(t, e.do(t, "PUT", "/api/features/reviews", operatorToken, body(limit-2)+"\r\n"), http.StatusOK)
+	if got := mustAudit(t, e.sb); len(got) != 2 || len(got[0].Reason) != limit-2-36 || got[0].Feature != "reviews" {
+		t.Errorf("audit after bodies at the limit: %d entries", len(got))
+	}
+}
+
+// Every accepted change, of every kind, by whichever operator, is one
+// audit entry, newest first, saying who, what, why, and the state before
+// and after; refused changes in between leave no entry.
+func TestAdminAuditRecordsEveryChange(t *testing.T) {
+	const bobToken = "bob-token-0123456789abcdef"
+	tokens := map[string]degrade.Principal{
+		operatorToken: {Name: "alice", Role: degrade.Operator},
+		bobToken:      {Name: "bob", Role: degrade.Operator},
+		viewerToken:   {Name: "victor", Role: degrade.Viewer},
+	}
+	e := newAdmin(t, nil, degrade.WithTokens(tokens))
+	type change struct {
+		token, method, path, body string
+		by, action, feature, why  string
+	}
+	changes := []change{
+		{operatorToken, "PUT", "/api/features/recommend", `{"state":{"mode":"percent","percent":20},"reason":"rollout 20%"}`, "alice", "set", "recommend", "rollout 20%"},
+		{bobToken, "PUT", "/api/features/recommend", `{"state":{"mode":"percent","percent":50},"reason":"rollout 50%"}`, "bob", "set", "recommend", "rollout 50%"},
+		{operatorToken, "POST", "/api/shed", `{"level":"optional","reason":"大促"}`, "alice", "shed", "", "大促"},
+		{bobToken, "PUT", "/api/features/search-suggest", `{"state":{"mode":"off","rules":[{"when":[{"attr":"platform","op":"in","values":["ios"]}],"enabled":true}]},"reason":"slow backend"}`, "bob", "set", "search-suggest", "slow backend"},
+		{operatorToken, "POST", "/api/shed", `{"level":"important","reason":"more"}`, "alice", "shed", "", "more"},
+		{bobToken, "DELETE", "/api/features/recommend", `{"reason":"done"}`, "bob", "unpin", "recommend", "done"},
+		{operatorToken, "POST", "/api/restore", `{"reason":"over"}`, "alice", "restore", "", "over"},
+		{bobToken, "DELETE", "/api/features/search-suggest", "", "bob", "unpin", "search-suggest", ""},
+		{operatorToken, "POST", "/api/restore", "", "alice", "restore", "", ""},
+		{bobToken, "PUT", "/api/features/checkout", `{"state":{"mode":"on"},"reason":"pin"}`, "bob", "set", "checkout", "pin"},
+	}
+	refused := [][]string{
+		{viewerToken, "PUT", "/api/features/recommend", `{"state":{"mode":"off"},"reason":"viewer"}`},
+		{"", "POST", "/api/shed", `{"level":"optional","reason":"anonymous"}`},
+		{operatorToken, "PUT", "/api/features/recommend", `{"state":{"mode":"percent","percent":101},"reason":"invalid"}`},
+		{bobToken, "POST", "/api/shed", `{"level":"core","reason":"invalid"}`},
+		{operatorToken, "PUT", "/api/features/nope", `{"state":{"mode":"off"},"reason":"unknown"}`},
+	}
+	for i, c := range changes {
+		wantStatus(t, e.do(t, c.method, c.path, c.token, c.body), http.StatusOK)
+		rf := refused[i%len(refused)]
+		if r := e.do(t, rf[1], rf[2], rf[0], rf[3]); r.status/100 == 2 {
+			t.Fatalf("%v: %d", rf, r.status)
+		}
+	}
+
+	entries := audit(t, e, 100)
+	if len(entries) != len(changes) {
+		t.Fatalf("%d audit entries for %d accepted changes: %+v", len(entries), len(changes), entries)
+	}
+	// The state after each change, by feature ("" for the shed level), to
+	// check each entry's before against the entry before it.
+	after := map[string]string{"": `"none"`}
+	for i := len(changes) - 1; i >= 0; i-- {
+		c, got := changes[len(changes)-1-i], entries[i]
+		if got.By != c.by || got.Action != c.action || got.Feature != c.feature || got.Reason != c.why {
+			t.Errorf("entry %d (newest first) is %s %q by %s because %q; want %s %q by %s because %q",
+				i, got.Action, got.Feature, got.By, got.Reason, c.action, c.feature, c.by, c.why)
+		}
+		if i+1 < len(entries) && got.At.Before(entries[i+1].At) {
+			t.Errorf("entry %d at %v is older than the entry after it, at %v", i, got.At, entries[i+1].At)
+		}
+		if got.At.IsZero() {
+			t.Errorf("entry %d has no time", i)
+		}
+		if prev := after[c.feature]; string(got.Before) != prev {
+			t.Errorf("entry %d (%s %s): before %s, want %s", i, c.action, c.feature, got.Before, prev)
+		}
+		switch c.action {
+		case "set":
+			var m degrade.Manual
+			if err := json.Unmarshal(got.After, &m); err != nil || m.By != c.by || m.Reason != c.why {
+				t.Errorf("entry %d: after %s (%v)", i, got.After, err)
+			}
+			var sent struct{ State degrade.State }
+			_ = json.Unmarshal([]byte(c.body), &sent)
+			if mustMarshal(t, m.State) != mustMarshal(t, sent.State) {
+				t.Errorf("entry %d: state after %s, want %s", i, mustMarshal(t, m.State), mustMarshal(t, sent.State))
+			}
+		case "unpin":
+			if got.After != nil {
+				t.Errorf("entry %d: unpin with after %s", i, got.After)
+			}
+		case "shed", "restore":
+			var sent struct{ Level degrade.Level }
+			_ = json.Unmarshal([]byte(c.body), &sent)
+			if want := `"` + sent.Level.String() + `"`; sent.Level != 0 && string(got.After) != want {
+				t.Errorf("entry %d: after %s, want %s", i, got.After, want)
+			}
+			if c.action == "restore" && string(got.After) != `"none"` {
+				t.Errorf("entry %d: restore to %s", i, got.After)
+			}
+		}
+		after[c.feature] = string(got.After)
+	}
+}

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Level says how much a feature matters. Shedding a level turns off every
@@ -88,6 +91,7 @@ const (
 // State is what an operator set for a feature: a base mode, optional
 // targeting rules, and an optional message. Rules are tried in order; the
 // first whose conditions all hold decides; if none does, the mode does.
+// Its strings must be valid UTF-8: states are stored and shared as JSON.
 type State struct {
 	Mode    Mode    `json:"mode"`
 	Percent float64 `json:"percent,omitempty"` // 0 to 100, for Mode Percent
@@ -269,6 +273,12 @@ func (s *State) validate(f string) error {
 	default:
 		return configError(f+": mode", `must be "on", "off" or "percent"`, s.Mode)
 	}
+	// In order, so the error is the same on every run.
+	for _, k := range slices.Sorted(maps.Keys(s.Messages)) {
+		if m := s.Messages[k]; !utf8.ValidString(k) || !utf8.ValidString(m) {
+			return configError(fmt.Sprintf("%s: messages[%q]", f, k), notUTF8, strconv.Quote(m))
+		}
+	}
 	for i, r := range s.Rules {
 		if len(r.When) == 0 {
 			return configError(fmt.Sprintf("%s: rules[%d].when", f, i), "must hold a condition", "[]")
@@ -282,9 +292,21 @@ func (s *State) validate(f string) error {
 	return nil
 }
 
+// notUTF8 explains why a state's strings must be UTF-8: JSON, in which
+// states are stored and shared, would change them.
+const notUTF8 = "must be valid UTF-8 (states are stored as JSON, which would change it)"
+
 func (c *Condition) validate() error {
 	if c.Attr == "" {
 		return configError("attr", "must not be empty", `""`)
+	}
+	if !utf8.ValidString(c.Attr) {
+		return configError("attr", notUTF8, strconv.Quote(c.Attr))
+	}
+	for _, v := range c.Values {
+		if !utf8.ValidString(v) {
+			return configError("values", notUTF8, strconv.Quote(v))
+		}
 	}
 	switch c.Op {
 	case "in", "not_in":

@@ -14,6 +14,7 @@ import (
 
 	"github.com/bulwarkgo/bulwark/degrade"
 	"github.com/bulwarkgo/bulwark/internal/israce"
+	"github.com/bulwarkgo/bulwark/internal/redistest"
 )
 
 // Events reach listeners in the order the changes were made, even when
@@ -159,4 +160,69 @@ func TestRegressionTriggerShedIsNamed(t *testing.T) {
 			t.Fatalf("status %+v", st)
 		}
 	})
+}
+
+// A body with a stray closing bracket after its object is not JSON, and
+// changes nothing: the decoder's More stops at '}' and ']', so the check
+// for a second value alone let such a body through.
+func TestRegressionAdminRefusesTrailingBracket(t *testing.T) {
+	e := newAdmin(t, nil)
+	for _, tc := range []struct{ method, path, body string }{
+		{"PUT", "/api/features/recommend", `{"state":{"mode":"off"}}}`},
+		{"PUT", "/api/features/recommend", `{"state":{"mode":"off"}} ]`},
+		{"DELETE", "/api/features/recommend", `{"reason":"x"}}`},
+		{"POST", "/api/shed", `{"level":"optional"}]`},
+		{"POST", "/api/restore", "{}\n}"},
+	} {
+		r := e.do(t, tc.method, tc.path, operatorToken, tc.body)
+		wantStatus(t, r, http.StatusBadRequest)
+		if b := r.err(t); b.Error != "bad_request" || !strings.Contains(b.Message, "not valid JSON") {
+			t.Errorf("%s %s %q: %+v", tc.method, tc.path, tc.body, b)
+		}
+	}
+	if got := audit(t, e, 100); len(got) != 0 {
+		t.Errorf("bodies that are not JSON changed state: %+v", got)
+	}
+	if st, _ := e.sb.Status("recommend"); st.Source != degrade.SourceDefault || e.sb.Shedding() != 0 {
+		t.Errorf("recommend %+v, shedding %v", st, e.sb.Shedding())
+	}
+}
+
+// A state is stored and shared as JSON, which cannot carry a string that
+// is not UTF-8: a rule on the byte "\xcd" was accepted, the store held it
+// as "\ufffd", and once read back (at once on every other instance, at
+// the next notification or refresh on the one that made the change) the
+// rule no longer matched what it was set for. Such a state is refused.
+func TestRegressionStateStringsMustBeUTF8(t *testing.T) {
+	addr, prefix := redistest.Addr(t), redistest.Prefix(t)
+	a := newRedisBoard(t, addr, prefix)
+	b := newRedisBoard(t, addr, prefix)
+	req := degrade.WithAttributes(t.Context(), degrade.Attributes{Model: "\xcd"})
+	st := degrade.State{Mode: degrade.On, Rules: []degrade.Rule{{
+		When: []degrade.Condition{{Attr: "model", Op: "in", Values: []string{"\xcd"}}}, Enabled: false}}}
+	err := a.Set(t.Context(), "search", st, degrade.Change{By: "alice"})
+	if err == nil {
+		waitFor(t, 5*time.Second, "b sees the change", func() bool {
+			s, _ := b.Status("search")
+			return s.Source == degrade.SourceManual
+		})
+		s, _ := b.Status("search")
+		t.Fatalf("Set accepted a value that is not UTF-8; the store holds %q, and for that model, which the rule turns off, the instances decide %v and %v",
+			s.State.Rules[0].When[0].Values, a.Enabled(req, "search"), b.Enabled(req, "search"))
+	}
+	if !errors.Is(err, degrade.ErrInvalidConfig) || !strings.Contains(err.Error(), "UTF-8") {
+		t.Fatalf("Set: %v, want ErrInvalidConfig saying UTF-8", err)
+	}
+	for _, bad := range []degrade.State{
+		{Mode: degrade.On, Rules: []degrade.Rule{{When: []degrade.Condition{{Attr: "\xff", Op: "in", Values: []string{"x"}}}}}},
+		{Mode: degrade.Off, Messages: map[string]string{"zh\xff": "稍后"}},
+		{Mode: degrade.Off, Messages: map[string]string{"zh": "稍\xff后"}},
+	} {
+		if err := a.Set(t.Context(), "search", bad, degrade.Change{By: "alice"}); !errors.Is(err, degrade.ErrInvalidConfig) {
+			t.Errorf("Set(%+v): %v, want ErrInvalidConfig", bad, err)
+		}
+	}
+	if s, _ := a.Status("search"); s.Source != degrade.SourceDefault {
+		t.Errorf("refused states changed the feature: %+v", s)
+	}
 }

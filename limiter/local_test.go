@@ -235,16 +235,27 @@ func TestLocalMillionKeys(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a million keys in -short mode")
 	}
-	const maxKeys = 10_000
+	const (
+		maxKeys = 10_000
+		keys    = 1_000_000
+		full    = 10 * maxKeys // by then every shard is full
+	)
 	// An idle timeout of an hour leaves all eviction to the key bound.
 	l := mustLocal(t, limiter.PerSecond(1, 5), limiter.WithMaxKeys(maxKeys), limiter.WithIdleTimeout(time.Hour))
 
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-
+	heap := func() int64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	start := heap()
+	var atBound int64
 	buf := make([]byte, 0, 32)
-	for i := range 1_000_000 {
+	for i := range keys {
+		if i == full {
+			atBound = heap()
+		}
 		buf = strconv.AppendInt(append(buf[:0], "user:"...), int64(i), 10)
 		if _, err := l.AllowNAt(localT0.Add(time.Duration(i)*time.Microsecond), string(buf), 1); err != nil {
 			t.Fatal(err)
@@ -258,16 +269,20 @@ func TestLocalMillionKeys(t *testing.T) {
 	if n := l.Len(); n > maxKeys || n < maxKeys/2 {
 		t.Fatalf("Len = %d, want at most %d (and not far below)", n, maxKeys)
 	}
-
-	runtime.GC()
-	runtime.ReadMemStats(&after)
+	end := heap()
+	mb := func(b int64) float64 { return float64(b) / (1 << 20) }
+	t.Logf("heap above the empty limiter: %.2f MB after %d keys, %.2f MB after %d keys; %d keys held, about %d bytes each",
+		mb(atBound-start), full, mb(end-start), keys, l.Len(), (end-start)/int64(l.Len()))
 	// Ten thousand small entries take a few MB; a million would take well
 	// over a hundred.
 	const bound = 32 << 20
-	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
-	t.Logf("heap grew by %.1f MB for %d keys held", float64(grew)/(1<<20), l.Len())
-	if grew > bound {
-		t.Errorf("heap grew by %d MB holding at most %d keys, want under %d MB", grew>>20, maxKeys, bound>>20)
+	if end-start > bound {
+		t.Errorf("heap grew by %d MB holding at most %d keys, want under %d MB", (end-start)>>20, maxKeys, bound>>20)
+	}
+	// And nothing grows with the keys seen once the bound is reached: the
+	// last 900 000 keys leave the heap where the first 100 000 did.
+	if end-atBound > 4<<20 {
+		t.Errorf("heap grew by %.1f MB from %d to %d keys seen, at the bound of %d held", mb(end-atBound), full, keys, maxKeys)
 	}
 	runtime.KeepAlive(l)
 }

@@ -695,6 +695,14 @@ func FuzzCheck(f *testing.F) {
 			if token != s.Issue(room, c.Ticket, c.IssuedAt) && token != retired.Issue(room, c.Ticket, c.IssuedAt) {
 				t.Fatalf("accepted %q (%v), which Issue does not return for %+v", token, err, c)
 			}
+			// Expired exactly when the expiry is not after now, and both
+			// signers' tokens last the default TTL.
+			if expired := !tokenT0.Before(c.ExpiresAt); expired != (err != nil) {
+				t.Fatalf("claims %+v at %v: error %v", c, tokenT0, err)
+			}
+			if d := c.ExpiresAt.Sub(c.IssuedAt); d != queue.DefaultTokenTTL && c.IssuedAt.UnixMilli() < 1<<62 {
+				t.Fatalf("claims %+v last %v, want %v", c, d, queue.DefaultTokenTTL)
+			}
 		case errors.Is(err, queue.ErrTokenInvalid):
 			if c != (queue.Claims{}) {
 				t.Fatalf("claims %+v with an invalid token", c)
