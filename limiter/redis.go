@@ -196,6 +196,8 @@ func WithMaxBatch(n int) RedisOption {
 //
 // Deadlines: go-redis bounds socket reads by the context's deadline only
 // when the client has ContextTimeoutEnabled; otherwise by its ReadTimeout.
+// Decisions sharing a script call wait for it together, until the latest
+// of their callers' deadlines.
 //
 // Use [NewRedis]; Redis is safe for concurrent use.
 type Redis struct {
@@ -313,6 +315,17 @@ func scaleLimit(l Limit, share float64) Limit {
 // says nothing about Redis' health.
 var errCallerDone = errors.New("limiter: caller's context done")
 
+// callerDone reports whether ctx is done or its deadline has passed: with
+// ContextTimeoutEnabled the connection's deadline, set from ctx's, may go
+// off just before ctx's own timer.
+func callerDone(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
+}
+
 // Limit returns the limit the limiter applies.
 func (r *Redis) Limit() Limit { return r.limit }
 
@@ -340,6 +353,7 @@ func (r *Redis) AllowN(ctx context.Context, key string, n int) (Decision, error)
 	}
 	c := callPool.Get().(*call)
 	c.key, c.n, c.err = r.prefix+"{"+key+"}", n, nil
+	c.deadline, _ = ctx.Deadline()
 	if r.batch != nil {
 		if err := r.batch.Do(ctx, c); err != nil {
 			c.err = err
@@ -358,6 +372,11 @@ func (r *Redis) AllowN(ctx context.Context, key string, n int) (Decision, error)
 		return d, nil
 	case errors.Is(err, errCallerDone) || (ctx.Err() != nil && errors.Is(err, ctx.Err())):
 		err = ctx.Err()
+		if err == nil {
+			// The connection's deadline, set from ctx's, went off
+			// before ctx's own timer.
+			err = context.DeadlineExceeded
+		}
 		r.decisions.record(ctx, Decision{}, err, false)
 		return Decision{Limit: r.limit}, err
 	}
@@ -394,7 +413,7 @@ func (r *Redis) evalBatch(ctx context.Context, batch []*call) {
 		}
 		if err != nil {
 			r.duration.Record(ctx, time.Since(start).Seconds(), r.durErr...)
-			if ctx.Err() != nil {
+			if callerDone(ctx) {
 				return nil, fmt.Errorf("%w: %w", errCallerDone, err)
 			}
 			return nil, err

@@ -184,8 +184,10 @@ func (r *Room) Rate() float64 { return r.cfg.rate }
 // false). It returns ErrWaitTimeout after the maximum wait, and ctx's error
 // when ctx ends first; either way the caller's place goes to the next in
 // line. An admission that came at the same moment as the end of ctx or of
-// the maximum wait is returned rather than wasted. With [WithRedis], a
-// Redis that cannot be reached gives an error matching ErrUnavailable.
+// the maximum wait is returned rather than wasted (a Redis room waits at
+// most a tenth of a second past the end to learn of one, and gives back one
+// it learns of later). With [WithRedis], a Redis that cannot be reached
+// gives an error matching ErrUnavailable.
 // Call [Admission.Done] when the admitted work is finished.
 func (r *Room) Wait(ctx context.Context) (Admission, error) {
 	if r.closed.Load() {

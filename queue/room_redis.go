@@ -566,6 +566,11 @@ func (b *redisRoom) fail(ctx context.Context, op string, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
 		return cerr
 	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		// The connection's deadline, set from ctx's, went off before
+		// ctx's own timer.
+		return context.DeadlineExceeded
+	}
 	return unavailable(op, err)
 }
 
@@ -610,8 +615,9 @@ func (b *redisRoom) join(ctx context.Context, held bool) (Ticket, any, error) {
 		if replyLost(err) {
 			// The script may have run: take back the ticket it may
 			// have added, or it would hold a place (and, admitted, an
-			// active slot) until it expires.
-			b.abandon(ctx, suffix)
+			// active slot) until it expires. In the background, so a
+			// stalled Redis does not hold the caller past its deadline.
+			b.abandonLater(ctx, suffix)
 		}
 		return Ticket{}, nil, b.fail(ctx, "join", err)
 	}
@@ -740,7 +746,7 @@ func (b *redisRoom) await(ctx context.Context, _ Ticket, h any) (Ticket, any, er
 		w.state = waiterGone
 		b.stopIfIdle()
 		b.mu.Unlock()
-		if !b.quit(ctx, w.id) {
+		if !b.quitSoon(ctx, w.id) {
 			return Ticket{}, nil, ctx.Err()
 		}
 		if !b.add(w, false, time.Time{}) {
@@ -775,6 +781,23 @@ func (b *redisRoom) abandon(ctx context.Context, suffix string) {
 	if res, err := roomAbandon.Run(ctx, b.client, b.keys, b.args(suffix)...).Int64Slice(); err == nil {
 		b.lost(ctx, res[1])
 	}
+}
+
+// abandonLater runs abandon in a goroutine that Close waits for, or at
+// once if the room is closing.
+func (b *redisRoom) abandonLater(ctx context.Context, suffix string) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		b.abandon(ctx, suffix)
+		return
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
+	go func() {
+		defer b.wg.Done()
+		b.abandon(ctx, suffix)
+	}()
 }
 
 // refuseFor makes join refuse at once for d (at most refuseMemory) from
@@ -816,6 +839,48 @@ func (b *redisRoom) quit(ctx context.Context, id string) bool {
 		b.nudge()
 	}
 	return res[0] == 1
+}
+
+// quitGrace is how long past its deadline a Wait caller waits to learn
+// whether Redis admitted it meanwhile: the quit script takes well under a
+// millisecond on a Redis that answers.
+const quitGrace = 100 * time.Millisecond
+
+// quitSoon is quit for a caller whose context has ended: it waits for
+// Redis' answer at most quitGrace, so a stalled Redis does not hold the
+// caller past its deadline. An answer that comes later is settled in the
+// background, which Close waits for: an admission it reports goes back,
+// since nobody will use it.
+func (b *redisRoom) quitSoon(ctx context.Context, id string) bool {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return b.quit(ctx, id)
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
+	answer := make(chan bool) // unbuffered: sent only to a caller still waiting
+	late := make(chan struct{})
+	go func() {
+		defer b.wg.Done()
+		admitted := b.quit(ctx, id)
+		select {
+		case answer <- admitted:
+		case <-late:
+			if admitted {
+				b.giveBack(ctx, id)
+			}
+		}
+	}()
+	t := time.NewTimer(quitGrace)
+	defer t.Stop()
+	select {
+	case admitted := <-answer:
+		return admitted
+	case <-t.C:
+		close(late)
+		return false
+	}
 }
 
 // stopIfIdle wakes the poller to end if it has nothing left to do, rather

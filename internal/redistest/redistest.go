@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -138,6 +139,7 @@ type Server struct {
 
 	dir  string
 	port int
+	args []string // given to redis-server after the defaults
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -147,7 +149,17 @@ type Server struct {
 // It skips t (fails it when CI is set) when redis-server is not on PATH.
 func StartServer(t testing.TB) *Server {
 	t.Helper()
-	s, err := start()
+	return StartServerWith(t)
+}
+
+// StartServerWith is [StartServer] with more redis-server arguments, given
+// after the defaults so that they override them: "--appendonly", "yes",
+// "--appendfsync", "always" makes a server that keeps every acknowledged
+// write across Kill and Start; "--enable-debug-command", "local" allows
+// DEBUG SLEEP. The arguments are used again by every Start.
+func StartServerWith(t testing.TB, args ...string) *Server {
+	t.Helper()
+	s, err := start(args...)
 	if err != nil {
 		unavailable(t, err)
 	}
@@ -161,7 +173,7 @@ func StartServer(t testing.TB) *Server {
 	return s
 }
 
-func start() (*Server, error) {
+func start(args ...string) (*Server, error) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		return nil, err
 	}
@@ -173,7 +185,7 @@ func start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, port: port}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, port: port, args: args}
 	if err := s.run(); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -199,10 +211,12 @@ func (s *Server) run() error {
 	if s.cmd != nil {
 		return errors.New("redistest: server already running")
 	}
-	cmd := exec.Command("redis-server",
+	args := append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"))
+		"--logfile", filepath.Join(s.dir, "redis.log"),
+	}, s.args...)
+	cmd := exec.Command("redis-server", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return err
@@ -224,7 +238,8 @@ func (s *Server) run() error {
 }
 
 // Kill stops the server with SIGKILL, as a crash would, and waits for it
-// to exit. Its data is gone.
+// to exit. Its data is gone, unless the server was started with
+// persistence (see [StartServerWith]).
 func (s *Server) Kill() { s.kill() }
 
 // Start starts a killed server again on the same port.
@@ -232,6 +247,44 @@ func (s *Server) Start(t testing.TB) {
 	t.Helper()
 	if err := s.run(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Stall makes the server stop answering for d, as a long script or a fork
+// on a large dataset would (DEBUG SLEEP: start the server with
+// "--enable-debug-command", "local"; see [StartServerWith]). It returns
+// once a client finds the server not answering, with a function that waits
+// until it answers again and returns when the stall began, reckoned back
+// from its end. On a busy machine that client may give up before the server
+// has begun to sleep: only calls made after began met the stall.
+func (s *Server) Stall(t testing.TB, d time.Duration) (wait func() (began time.Time)) {
+	t.Helper()
+	ctx := context.Background()
+	probe := redis.NewClient(&redis.Options{Addr: s.Addr, ContextTimeoutEnabled: true, MaxRetries: -1})
+	defer probe.Close()
+	sleeper := NewClient(t, s.Addr)
+	// Both connected before the stall, so neither waits on a dial.
+	for _, c := range []*redis.Client{probe, sleeper} {
+		if err := c.Ping(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- sleeper.Do(ctx, "DEBUG", "SLEEP", d.Seconds()).Err() }()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		err := probe.Ping(pctx).Err()
+		cancel()
+		if err != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return func() time.Time {
+		if err := <-done; err != nil {
+			t.Fatalf("DEBUG SLEEP: %v", err)
+		}
+		return time.Now().Add(-d)
 	}
 }
 
