@@ -430,7 +430,18 @@ func (f *Fleet) claimProbe(ctx context.Context, name string, ttl time.Duration) 
 	defer cancel()
 	won, err := claimProbe.Run(rctx, f.client, []string{f.probeKey(name)}, f.id, max(ttl.Milliseconds(), 1)).Int()
 	if err != nil {
-		return ctx.Err() == nil // Redis failed, not the caller
+		if ctx.Err() == nil {
+			return true // Redis failed, not the caller
+		}
+		// The script may have run before the caller gave up: give the
+		// claim back, or every instance would wait for a probe nobody
+		// sends until the claim expires. At once, while this instance
+		// still holds its probe slot, so no call of its own can have
+		// claimed again meanwhile.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 200*time.Millisecond)
+		defer cancel()
+		_ = releaseProbe.Run(rctx, f.client, []string{f.probeKey(name)}, f.id).Err()
+		return false
 	}
 	return won == 1
 }

@@ -223,3 +223,65 @@ func TestNewFleetValidates(t *testing.T) {
 		t.Fatalf("braces: %v", err)
 	}
 }
+
+// cancelAfterClaim makes the first probe claim on its client look cut off
+// after Redis ran it: the claim is taken, then the caller's context is
+// cancelled and the reply reported lost.
+type cancelAfterClaim struct {
+	cancel context.CancelFunc
+	done   atomic.Bool
+}
+
+func (h *cancelAfterClaim) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *cancelAfterClaim) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *cancelAfterClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if strings.Contains(strings.ToLower(cmd.Name()), "eval") &&
+			strings.Contains(cmd.String(), ":probe") && h.done.CompareAndSwap(false, true) {
+			h.cancel()
+			return context.Canceled
+		}
+		return err
+	}
+}
+
+func TestRegressionFleetClaimOfACancelledCallerIsGivenBack(t *testing.T) {
+	// A caller that gives up while claiming the probe must not leave the
+	// claim behind: every other instance would be refused until it
+	// expired, an open timeout with no probe at all.
+	const timeout = 2 * time.Second
+	addr, prefix := redistest.Addr(t), redistest.Prefix(t)
+	opts := []breaker.Option{breaker.WithTripPolicy(breaker.ConsecutiveFailures(1)), breaker.WithOpenTimeout(timeout)}
+	ca := redis.NewClient(&redis.Options{Addr: addr})
+	callerCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hook := &cancelAfterClaim{cancel: cancel}
+	ca.AddHook(hook)
+	fa, err := breaker.NewFleet(context.Background(), ca, breaker.WithFleetPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fa.Close(); ca.Close() })
+	a := breaker.New[int]("pay", append(opts, breaker.WithFleet(fa))...)
+	b := breaker.New[int]("pay", append(opts, breaker.WithFleet(newInstance(t, addr, prefix)))...)
+
+	run(t, a, fail, 1)
+	waitState(t, b, breaker.StateOpen, time.Second)
+	time.Sleep(timeout + 100*time.Millisecond)
+
+	called := false
+	if _, err := a.Execute(callerCtx, func(context.Context) (int, error) { called = true; return 1, nil }); err == nil || called {
+		t.Fatalf("a's cancelled caller: %v, called=%v", err, called)
+	}
+	if !hook.done.Load() {
+		t.Fatal("the claim was not cut off: the test proves nothing")
+	}
+	// b may probe at once: the claim went back.
+	if _, err := b.Execute(context.Background(), ok); err != nil {
+		t.Fatalf("b's call right after a's cancelled claim: %v (the claim was left behind)", err)
+	}
+	waitState(t, a, breaker.StateClosed, time.Second)
+}
