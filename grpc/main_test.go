@@ -1,0 +1,9 @@
+package bulwarkgrpc_test
+
+import (
+	"testing"
+
+	"github.com/bulwarkgo/bulwark/internal/redistest"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
