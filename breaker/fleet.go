@@ -69,6 +69,11 @@ type Fleet struct {
 	healthy atomic.Bool
 }
 
+// maxResubscribeDelay caps the wait between attempts to subscribe again
+// while Redis is down, so that a Fleet is back within half a second of
+// Redis' return.
+const maxResubscribeDelay = 500 * time.Millisecond
+
 // FleetOption configures a [Fleet].
 type FleetOption interface{ applyFleet(*fleetConfig) }
 
@@ -323,7 +328,7 @@ func (f *Fleet) receive() {
 				return
 			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, time.Second)
+			backoff = min(2*backoff, maxResubscribeDelay)
 			continue
 		}
 		backoff = 10 * time.Millisecond

@@ -77,6 +77,10 @@ const (
 	// the connection is dead even if TCP has not noticed, and it is
 	// replaced.
 	redisPingEvery = 5 * time.Second
+	// maxResubscribeDelay caps the wait between attempts to subscribe
+	// again while Redis is down, so that a switchboard hears changes
+	// again within half a second of Redis' return.
+	maxResubscribeDelay = 500 * time.Millisecond
 )
 
 // RedisStoreOption configures [NewRedisStore].
@@ -535,7 +539,7 @@ func (s *redisStore) listen(ctx context.Context, sub *redisSub) {
 					return
 				case <-time.After(backoff):
 				}
-				backoff = min(2*backoff, time.Second)
+				backoff = min(2*backoff, maxResubscribeDelay)
 			}
 			failed = true
 			continue

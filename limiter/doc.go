@@ -37,7 +37,7 @@
 // # When Redis is down
 //
 // [Redis] treats a failed call (after the client's own retries) as an
-// outage: for the retry interval (one second by default) it decides by its
+// outage: for the retry interval (half a second by default) it decides by its
 // outage policy without touching Redis, then lets one call try Redis again.
 // The default policy is FallbackLocal(1), an in-process limiter at the whole
 // limit; [FailOpen], [FailClosed] and FallbackLocal(share) are the choices.

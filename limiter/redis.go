@@ -159,7 +159,7 @@ func WithOutagePolicy(p OutagePolicy) RedisOption {
 
 // WithRetryInterval sets how long the limiter decides by its outage policy
 // after Redis fails before it lets one call try Redis again. The default is
-// one second.
+// half a second, so a limiter is back on Redis within that of its return.
 func WithRetryInterval(d time.Duration) RedisOption {
 	return redisOptionFunc(func(c *redisConfig) { c.retryInterval = d })
 }
@@ -229,7 +229,7 @@ func NewRedis(client redis.UniversalClient, limit Limit, opts ...RedisOption) (*
 	if err := limit.Validate(); err != nil {
 		return nil, err
 	}
-	c := redisConfig{prefix: "bulwark:limiter:", policy: FallbackLocal(1), retryInterval: time.Second, maxBatch: 64}
+	c := redisConfig{prefix: "bulwark:limiter:", policy: FallbackLocal(1), retryInterval: 500 * time.Millisecond, maxBatch: 64}
 	for i, o := range opts {
 		if o == nil {
 			return nil, configError("opts", "must not contain nil, at index", i)

@@ -11,7 +11,7 @@ import (
 // Run consumes the buffer's messages, calling h for each with up to
 // [WithConcurrency] calls at once, and blocks until ctx is done or
 // [Buffer.Close] is called. It never returns for a store failure: while
-// Redis is unreachable it retries with a growing delay (up to a second),
+// Redis is unreachable it retries with a growing delay (up to half a second),
 // and carries on when Redis is back.
 //
 // Stopping is graceful: Run stops taking messages, waits for the handlers
@@ -106,7 +106,7 @@ type bufferRun struct {
 const promoteBatch = 100
 
 // maxErrorDelay bounds the wait between tries while the store fails.
-const maxErrorDelay = time.Second
+const maxErrorDelay = 500 * time.Millisecond
 
 // loopState is what the consumer loop carries from one round to the next.
 type loopState struct {
