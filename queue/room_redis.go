@@ -783,21 +783,28 @@ func (b *redisRoom) abandon(ctx context.Context, suffix string) {
 	}
 }
 
-// abandonLater runs abandon in a goroutine that Close waits for, or at
-// once if the room is closing.
-func (b *redisRoom) abandonLater(ctx context.Context, suffix string) {
+// background runs f in a goroutine that Close waits for, and reports
+// true; once the room is closing it runs nothing and reports false.
+func (b *redisRoom) background(f func()) bool {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.closed {
-		b.mu.Unlock()
-		b.abandon(ctx, suffix)
-		return
+		return false
 	}
 	b.wg.Add(1)
-	b.mu.Unlock()
 	go func() {
 		defer b.wg.Done()
-		b.abandon(ctx, suffix)
+		f()
 	}()
+	return true
+}
+
+// abandonLater runs abandon in the background, or at once if the room is
+// closing.
+func (b *redisRoom) abandonLater(ctx context.Context, suffix string) {
+	if !b.background(func() { b.abandon(ctx, suffix) }) {
+		b.abandon(ctx, suffix)
+	}
 }
 
 // refuseFor makes join refuse at once for d (at most refuseMemory) from
@@ -852,17 +859,9 @@ const quitGrace = 100 * time.Millisecond
 // background, which Close waits for: an admission it reports goes back,
 // since nobody will use it.
 func (b *redisRoom) quitSoon(ctx context.Context, id string) bool {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return b.quit(ctx, id)
-	}
-	b.wg.Add(1)
-	b.mu.Unlock()
 	answer := make(chan bool) // unbuffered: sent only to a caller still waiting
 	late := make(chan struct{})
-	go func() {
-		defer b.wg.Done()
+	if !b.background(func() {
 		admitted := b.quit(ctx, id)
 		select {
 		case answer <- admitted:
@@ -871,7 +870,9 @@ func (b *redisRoom) quitSoon(ctx context.Context, id string) bool {
 				b.giveBack(ctx, id)
 			}
 		}
-	}()
+	}) {
+		return b.quit(ctx, id)
+	}
 	t := time.NewTimer(quitGrace)
 	defer t.Stop()
 	select {
