@@ -31,11 +31,12 @@ func newBufferTelemetry(mp metric.MeterProvider, store Store, b *Buffer) *buffer
 	set := attribute.NewSet(attrName.String(store.storeName()), attrStore.String(kind))
 	t := &bufferTelemetry{attrs: []metric.AddOption{metric.WithAttributeSet(set)}}
 
-	counter := func(name, desc string) metric.Int64Counter {
-		c, err := m.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit("{message}"))
+	counterOf := func(name, desc, unit string) metric.Int64Counter {
+		c, err := m.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit(unit))
 		handleOtelErr(err)
 		return c
 	}
+	counter := func(name, desc string) metric.Int64Counter { return counterOf(name, desc, "{message}") }
 	t.enqueued = counter("bulwark.queue.buffer.enqueued", "Messages added by Enqueue.")
 	t.duplicates = counter("bulwark.queue.buffer.duplicates", "Enqueues refused as duplicates of an idempotency key.")
 	t.processed = counter("bulwark.queue.buffer.processed", "Messages whose handler succeeded, acknowledged.")
@@ -43,7 +44,7 @@ func newBufferTelemetry(mp metric.MeterProvider, store Store, b *Buffer) *buffer
 	t.deferred = counter("bulwark.queue.buffer.deferred", "Deliveries deferred without using an attempt (WithDeferIf).")
 	t.deadLettered = counter("bulwark.queue.buffer.dead_lettered", "Messages moved to the dead letters after their last attempt.")
 	t.reclaimed = counter("bulwark.queue.buffer.reclaimed", "Messages taken over from a consumer whose lease lapsed.")
-	t.storeErrors = counter("bulwark.queue.buffer.store_errors", "Failed calls to the store by the consumer loop.")
+	t.storeErrors = counterOf("bulwark.queue.buffer.store_errors", "Failed calls to the store by the consumer loop.", "{error}")
 
 	gauge := func(name, desc, unit string) metric.Int64ObservableGauge {
 		g, err := m.Int64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit(unit))
