@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/bulwarkgo/bulwark/breaker"
 	"github.com/bulwarkgo/bulwark/degrade"
 	"github.com/bulwarkgo/bulwark/examples/shop/internal/api"
 	"github.com/bulwarkgo/bulwark/limiter"
@@ -215,9 +216,7 @@ func (s *Shop) placeOrder(w http.ResponseWriter, r *http.Request) {
 	// From here on the unit is held by the order: the order is settled
 	// even if the client goes away.
 	payCtx, cancel := context.WithTimeout(ctx, s.cfg.PaymentTimeout)
-	res, err := s.pay.Execute(payCtx, func(ctx context.Context, name string) (string, error) {
-		return s.provs[name].charge(ctx, o.ID, o.Card)
-	})
+	res, err := s.payOrder(payCtx, o)
 	cancel()
 	declined := errors.Is(err, errDeclined)
 	s.latency.Record(time.Since(now))
@@ -293,9 +292,7 @@ func (s *Shop) payBuffered(ctx context.Context, m queue.Message) error {
 		_, err = s.sale.decline(ctx, id)
 		return err
 	}
-	res, err := s.pay.Execute(ctx, func(ctx context.Context, name string) (string, error) {
-		return s.provs[name].charge(ctx, o.ID, o.Card)
-	})
+	res, err := s.payOrder(ctx, o)
 	switch {
 	case err == nil:
 		_, err = s.sale.pay(ctx, id, res.Provider)
@@ -303,6 +300,14 @@ func (s *Shop) payBuffered(ctx context.Context, m queue.Message) error {
 		_, err = s.sale.decline(ctx, id)
 	}
 	return err
+}
+
+// payOrder takes the payment of o through the failover: each provider
+// is asked in turn with the order ID as its idempotency key.
+func (s *Shop) payOrder(ctx context.Context, o order) (breaker.Result[string], error) {
+	return s.pay.Execute(ctx, func(ctx context.Context, name string) (string, error) {
+		return s.provs[name].charge(ctx, o.ID, o.Card)
+	})
 }
 
 // newOrderID returns an order ID: the instance, a sequence number to read

@@ -169,7 +169,6 @@ func cloneCounts(c map[string]int64, keepZero bool) map[string]int64 {
 type redisSale struct {
 	client redis.UniversalClient
 	prefix string // ends in "{sale}:"
-	skus   []string
 }
 
 func (r *redisSale) stockKey() string          { return r.prefix + "stock" }

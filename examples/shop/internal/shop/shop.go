@@ -288,7 +288,7 @@ func (s *Shop) buildSaleStores(ctx context.Context) error {
 		s.gw = newMemoryGateway(c.Instance, c.ProviderLatency)
 		return nil
 	}
-	rs := &redisSale{client: c.Redis, prefix: c.Prefix + "{sale}:", skus: s.saleSKUs}
+	rs := &redisSale{client: c.Redis, prefix: c.Prefix + "{sale}:"}
 	gw := &redisGateway{client: c.Redis, prefix: c.Prefix + "{gateway}:", latency: c.ProviderLatency}
 	s.sale, s.gw = rs, gw
 	if c.Reset {
