@@ -13,13 +13,6 @@ import (
 // Name is the provider's name in its metadata.
 const Name = "bulwark-degrade"
 
-// Reasons besides the SDK's own.
-const (
-	// reasonDegraded is reported with of.DisabledReason: the feature is
-	// shed or held off by a trigger.
-	reasonDegraded = of.DisabledReason
-)
-
 // Option configures a Provider.
 type Option func(*Provider)
 
@@ -97,12 +90,10 @@ func (p *Provider) BooleanEvaluation(ctx context.Context, flag string, defaultVa
 	if st.Trigger != "" {
 		meta["trigger"] = st.Trigger
 	}
-	if !on {
-		meta["message"] = message
-	}
 	variant := "on"
 	if !on {
 		variant = "off"
+		meta["message"] = message
 	}
 	return of.BoolResolutionDetail{Value: on, ProviderResolutionDetail: of.ProviderResolutionDetail{
 		Reason:       reason(st),
@@ -115,7 +106,7 @@ func (p *Provider) BooleanEvaluation(ctx context.Context, flag string, defaultVa
 func reason(st degrade.Status) of.Reason {
 	switch st.Source {
 	case degrade.SourceShed, degrade.SourceTrigger:
-		return reasonDegraded
+		return of.DisabledReason // degraded: shed or held off by a trigger
 	case degrade.SourceManual:
 		switch {
 		case len(st.State.Rules) > 0:
